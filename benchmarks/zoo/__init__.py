@@ -1,0 +1,21 @@
+"""Pretrained reference models (read from the shared zoo, never copied into the repo)."""
+
+from .cifar_resnet import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DEPTHS,
+    REFERENCE_ACCURACY,
+    build_resnet,
+    default_zoo_dir,
+    load_cifar,
+)
+
+__all__ = [
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "DEPTHS",
+    "REFERENCE_ACCURACY",
+    "build_resnet",
+    "default_zoo_dir",
+    "load_cifar",
+]

@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tflite_retroq",
+    version="0.1.0",
+    description="Data-free int8 TensorFlow Lite quantization with retro-synthesis data",
+    packages=find_packages(include=["tflite_retroq", "tflite_retroq.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "tensorflow==2.21.*",
+        "ai-edge-litert==2.3.0",
+        "numpy",
+        "absl-py",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel"],
+    },
+    entry_points={"console_scripts": ["retroq=tflite_retroq.cli:run"]},
+)

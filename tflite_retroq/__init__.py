@@ -1,0 +1,33 @@
+"""tflite_retroq: data-free full-integer int8 TensorFlow Lite from a Keras classifier.
+
+Public API (everything else is internal and may change):
+
+    data = synthesize(model, SynthesisConfig(mode="retro"))
+    tflite_bytes = convert(model, data, scheme="per-channel", weight_bits=8)
+    result = evaluate(tflite_bytes, images, labels, reference=model)
+
+`data.representative_dataset()` plugs into a TFLiteConverter you configured yourself.
+"""
+from tflite_retroq.config import InputSpec, IOType, QuantizationConfig, Scheme, SynthesisConfig, SynthesisMode
+from tflite_retroq.converter import calibrate, convert, float_tflite, quantize_calibrated
+from tflite_retroq.dataset import SyntheticDataset
+from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutputError, RetroQError,
+                                  TFLiteModelError)
+from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
+from tflite_retroq.keras_tools import fold_batchnorm, load_model
+from tflite_retroq.synthesis import synthesize
+
+
+def representative_dataset(data: SyntheticDataset, batch_size: int = 1):
+    """The converter hook: `converter.representative_dataset = representative_dataset(data)`."""
+    return data.representative_dataset(batch_size=batch_size)
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "synthesize", "convert", "calibrate", "quantize_calibrated", "float_tflite", "representative_dataset",
+    "evaluate", "run_tflite", "EvalResult", "fold_batchnorm", "load_model", "SyntheticDataset",
+    "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
+    "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
+]

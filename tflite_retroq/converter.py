@@ -1,0 +1,102 @@
+"""The only module that touches tf.lite.TFLiteConverter.
+
+Calibrate once (a float model with activation ranges recorded), then quantize as
+many ways as wanted from that one calibration: per-channel and per-tensor share
+every activation scale, so they differ in weights alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import Callable, Iterator, List, Optional, Union
+
+import numpy as np
+
+from tflite_retroq.config import IOType, QuantizationConfig, Scheme
+from tflite_retroq.dataset import SyntheticDataset
+from tflite_retroq.errors import DataError, RetroQError
+from tflite_retroq.keras_tools import as_model, validate_classifier
+
+RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[List[np.ndarray]]]]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converter prints a SavedModel summary to stdout; keep our output readable."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+
+
+def _as_generator(data: RepresentativeData, input_shape) -> Callable[[], Iterator[List[np.ndarray]]]:
+    if isinstance(data, np.ndarray):
+        data = SyntheticDataset.from_images(data)
+    if isinstance(data, SyntheticDataset):
+        data.check_fits(input_shape)
+        return data.representative_dataset()
+    if callable(data):
+        return data
+    raise DataError(f"Calibration data must be a SyntheticDataset, an image array or a generator function, "
+                    f"got {type(data).__name__}.")
+
+
+def _keras_converter(model):
+    import tensorflow as tf
+    with _quiet():
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
+def calibrate(model, data: RepresentativeData) -> bytes:
+    """Float .tflite with BN folded and activation min/max recorded from `data`."""
+    import tensorflow as tf
+    model = as_model(model)
+    info = validate_classifier(model)
+    conv = _keras_converter(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _as_generator(data, info.input_shape)
+    conv._experimental_calibrate_only = True
+    try:
+        with _quiet():
+            return bytes(conv.convert())
+    except Exception as e:
+        raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}); "
+                          "the model may use an operator TFLite cannot convert.") from None
+
+
+def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.PER_CHANNEL,
+                        io: Union[str, IOType] = IOType.INT8) -> bytes:
+    """Full-integer int8 model from a calibrated float model (see `calibrate`)."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tfl_convert
+    cfg = QuantizationConfig(scheme=scheme, io=io)
+    io_type = tf.int8 if cfg.io == IOType.INT8 else tf.float32
+    with _quiet():
+        out = tfl_convert.mlir_quantize(calibrated, disable_per_channel=cfg.scheme == Scheme.PER_TENSOR,
+                                        fully_quantize=True, input_data_type=io_type, output_data_type=io_type)
+    return bytes(out)
+
+
+def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
+            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None) -> bytes:
+    """Keras model + calibration data -> full-integer int8 .tflite bytes.
+
+    `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
+    tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
+    `calibrate`) to skip calibration when producing several variants.
+    """
+    from tflite_retroq.tflite.weight_bits import limit_weight_bits
+    cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
+    if calibrated is None:
+        calibrated = calibrate(model, data)
+    quantized = quantize_calibrated(calibrated, cfg.scheme, cfg.io)
+    if cfg.weight_bits != 8:
+        quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
+    return quantized
+
+
+def float_tflite(model) -> bytes:
+    """Plain float32 .tflite of the model (the accuracy reference on the interpreter)."""
+    conv = _keras_converter(as_model(model))
+    with _quiet():
+        return bytes(conv.convert())

@@ -1,0 +1,97 @@
+"""SyntheticDataset: calibration images plus everything needed to reproduce them.
+
+`representative_dataset()` is the converter hook: hand it to any
+tf.lite.TFLiteConverter, including one the user configured themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import zipfile
+from typing import Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+
+from tflite_retroq.errors import DataError
+from tflite_retroq.io_utils import write_with
+
+_FORMAT = "tflite_retroq.SyntheticDataset/1"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SyntheticDataset:
+    images: np.ndarray                 # [N, H, W, C] float32, in the model's input space
+    labels: np.ndarray                 # [N] int64, the class each image was pushed towards
+    metadata: Dict = dataclasses.field(default_factory=dict)
+    loss_history: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        images = np.asarray(self.images, np.float32)
+        labels = np.asarray(self.labels, np.int64)
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise DataError(f"images must be a non-empty [N, H, W, C] array, got shape {images.shape}.")
+        if labels.shape != (images.shape[0],):
+            raise DataError(f"labels must have shape ({images.shape[0]},), got {labels.shape}.")
+        if not np.all(np.isfinite(images)):
+            raise DataError("images contain NaN or inf; synthesize them again (lower the learning rate).")
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def mode(self) -> str:
+        return str(self.metadata.get("mode", "unknown"))
+
+    def representative_dataset(self, batch_size: int = 1, max_samples: Optional[int] = None
+                               ) -> Callable[[], Iterator[List[np.ndarray]]]:
+        """A zero-argument generator function for `TFLiteConverter.representative_dataset`."""
+        n = len(self) if max_samples is None else min(len(self), int(max_samples))
+        images = self.images
+
+        def gen():
+            for i in range(0, n, batch_size):
+                yield [images[i:i + batch_size]]
+
+        return gen
+
+    def check_fits(self, input_shape) -> None:
+        """Raise DataError if the images do not fit a model input of shape (H, W, C)."""
+        if tuple(self.images.shape[1:]) != tuple(input_shape):
+            raise DataError(f"The dataset holds images of shape {self.images.shape[1:]} but the model takes "
+                            f"{tuple(input_shape)}; synthesize data for this model.")
+
+    def save(self, path: str) -> str:
+        meta = json.dumps({"format": _FORMAT, "metadata": self.metadata, "loss_history": self.loss_history})
+
+        def writer(tmp):
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, images=self.images, labels=self.labels, meta=np.asarray(meta))
+
+        return write_with(path, writer)
+
+    @classmethod
+    def load(cls, path: str) -> "SyntheticDataset":
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise DataError(f"Dataset file {path!r} does not exist; create it with `retroq synthesize`.")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                images, labels, meta = z["images"], z["labels"], json.loads(str(z["meta"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as e:
+            raise DataError(f"{path!r} is not a tflite_retroq dataset (.npz from `retroq synthesize`): "
+                            f"{type(e).__name__}.") from None
+        if meta.get("format") != _FORMAT:
+            raise DataError(f"{path!r} has format {meta.get('format')!r}, expected {_FORMAT!r}.")
+        return cls(images=images, labels=labels, metadata=meta.get("metadata", {}),
+                   loss_history=meta.get("loss_history", {}))
+
+    @classmethod
+    def from_images(cls, images: np.ndarray, labels: Optional[np.ndarray] = None, mode: str = "real"
+                    ) -> "SyntheticDataset":
+        """Wrap real images (e.g. a calibration baseline) in the same container."""
+        images = np.asarray(images, np.float32)
+        labels = np.zeros(len(images), np.int64) if labels is None else labels
+        return cls(images=images, labels=labels, metadata={"mode": mode})

@@ -1,0 +1,124 @@
+"""Run a .tflite with the ai-edge-litert interpreter and compare it with the float model.
+
+Metrics that need no labels (top-1 agreement, logit SQNR, KL) resolve much smaller
+differences than accuracy on a thousand images, so they come with every result.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from tflite_retroq.errors import DataError, TFLiteModelError
+
+_RESOLVERS = ("auto", "builtin", "reference")
+
+
+def _interpreter(model_bytes: bytes, resolver: str, num_threads: Optional[int]):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kinds = {"auto": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+             "reference": OpResolverType.BUILTIN_REF}
+    if resolver not in kinds:
+        raise ValueError(f"resolver must be one of {_RESOLVERS}")
+    try:
+        return Interpreter(model_content=bytes(model_bytes), experimental_op_resolver_type=kinds[resolver],
+                           num_threads=num_threads)
+    except (ValueError, RuntimeError) as e:
+        raise TFLiteModelError(f"The LiteRT interpreter rejected the model ({str(e).splitlines()[0][:200]}).") from None
+
+
+def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, resolver: str = "auto",
+               num_threads: Optional[int] = None) -> np.ndarray:
+    """Float outputs [N, classes] of the .tflite on float images in the model's input space.
+
+    int8 inputs are quantized with the model's own input scale/zero point; int8 outputs
+    are dequantized, so results compare directly with the Keras model.
+    """
+    images = np.asarray(images, np.float32)
+    it = _interpreter(model_bytes, resolver, num_threads)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    if tuple(inp["shape"][1:]) != tuple(images.shape[1:]):
+        raise DataError(f"Images of shape {images.shape[1:]} do not fit the .tflite input {tuple(inp['shape'][1:])}.")
+    current = None
+    results = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        if current != len(x):
+            it.resize_tensor_input(inp["index"], [len(x)] + list(inp["shape"][1:]))
+            it.allocate_tensors()
+            current = len(x)
+        if inp["dtype"] == np.int8:
+            s, zp = inp["quantization"]
+            x = np.clip(np.round(x / s) + zp, -128, 127).astype(np.int8)
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        y = it.get_tensor(out["index"])
+        if out["dtype"] == np.int8:
+            s, zp = out["quantization"]
+            y = (y.astype(np.float32) - zp) * s
+        results.append(np.asarray(y, np.float32).reshape(len(x), -1))
+    return np.concatenate(results, axis=0)
+
+
+def keras_outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    out = [np.asarray(model(images[i:i + batch_size], training=False), np.float32)
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out, axis=0)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def to_probabilities(y: np.ndarray) -> np.ndarray:
+    """Outputs that already are probabilities stay as they are (never softmax twice)."""
+    if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=2e-2):
+        return y / y.sum(axis=1, keepdims=True)
+    return _softmax(y)
+
+
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """10 log10(signal power / error power) of the outputs, in dB (inf when identical)."""
+    noise = float(np.sum((reference.astype(np.float64) - test) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10.0 * np.log10(signal / noise)
+
+
+def mean_kl(reference: np.ndarray, test: np.ndarray) -> float:
+    """Mean KL(p_ref || p_test) over images."""
+    p, q = to_probabilities(reference), to_probabilities(test)
+    eps = 1e-12
+    return float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    n: int
+    accuracy: Optional[float]       # top-1 on labels, percent
+    agreement: Optional[float]      # top-1 agreement with the reference, percent
+    sqnr_db: Optional[float]
+    kl: Optional[float]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def compare(outputs: np.ndarray, labels: Optional[np.ndarray] = None, reference: Optional[np.ndarray] = None
+            ) -> EvalResult:
+    acc = None if labels is None else float(np.mean(np.argmax(outputs, 1) == np.asarray(labels)) * 100.0)
+    if reference is None:
+        return EvalResult(len(outputs), acc, None, None, None)
+    agree = float(np.mean(np.argmax(outputs, 1) == np.argmax(reference, 1)) * 100.0)
+    return EvalResult(len(outputs), acc, agree, sqnr_db(reference, outputs), mean_kl(reference, outputs))
+
+
+def evaluate(model_bytes: bytes, images: np.ndarray, labels: Optional[np.ndarray] = None, *,
+             reference=None, batch_size: int = 64, resolver: str = "auto") -> EvalResult:
+    """Accuracy of a .tflite, and agreement / logit SQNR / KL against `reference`
+    (a Keras model or its precomputed outputs on the same images)."""
+    outputs = run_tflite(model_bytes, images, batch_size=batch_size, resolver=resolver)
+    if reference is not None and not isinstance(reference, np.ndarray):
+        reference = keras_outputs(reference, np.asarray(images, np.float32))
+    return compare(outputs, labels, reference)

@@ -1,0 +1,349 @@
+"""Keras-side helpers: loading and validating a classifier, its input space,
+BatchNorm taps for Algorithm 1, and BatchNorm folding.
+
+Everything here works on Keras 3 functional and Sequential models, nested ones
+included, and never changes the caller's model for longer than a `with` block.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import types
+import zipfile
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from tflite_retroq.config import InputSpec, as_channels
+from tflite_retroq.errors import InputSpecError, ModelError
+
+
+def _keras():
+    import keras  # imported lazily: TensorFlow start-up is slow and the CLI parses flags first
+    return keras
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_model(path: str):
+    """Load a `.keras` (or legacy `.h5`) model with safe_mode=True: Lambda code never runs."""
+    keras = _keras()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelError(f"Model file {path!r} does not exist; pass the path of a saved Keras model (.keras).")
+    if os.path.isdir(path):
+        raise ModelError(f"{path!r} is a directory; pass a Keras model file saved with model.save('model.keras').")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ModelError(f"{path!r} is not a valid .keras archive (corrupt or truncated); save it again with model.save().")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises many types for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path!r} could not be loaded as a Keras model ({first[:200]}); "
+                         "save it with model.save('model.keras') and avoid Lambda layers.") from None
+    return model
+
+
+def as_model(model_or_path):
+    """Accept a keras.Model or a path to one."""
+    keras = _keras()
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load_model(model_or_path)
+    if not isinstance(model_or_path, keras.Model):
+        raise ModelError(f"Expected a keras.Model or a model path, got {type(model_or_path).__name__}.")
+    return model_or_path
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    input_shape: Tuple[int, int, int]  # H, W, C
+    num_classes: int
+    outputs_probabilities: bool
+    num_bn: int
+
+
+def validate_classifier(model) -> ModelInfo:
+    """Check the model is a single-input NHWC image classifier with finite weights."""
+    if len(model.inputs) != 1:
+        raise ModelError(f"The model has {len(model.inputs)} inputs; tflite_retroq needs exactly one image input.")
+    if len(model.outputs) != 1:
+        raise ModelError(f"The model has {len(model.outputs)} outputs; tflite_retroq needs exactly one output of class scores.")
+    in_shape = tuple(model.inputs[0].shape)
+    if len(in_shape) != 4 or any(d is None for d in in_shape[1:]):
+        raise ModelError(f"The model input has shape {in_shape}; an image classifier needs a fixed "
+                         "(batch, height, width, channels) input. Build it with keras.Input((H, W, C)).")
+    out_shape = tuple(model.outputs[0].shape)
+    if len(out_shape) != 2 or out_shape[1] is None or out_shape[1] < 2:
+        raise ModelError(f"The model output has shape {out_shape}; a classifier must output rank-2 class "
+                         "scores (batch, num_classes) with at least 2 classes.")
+    for w in model.weights:
+        a = np.asarray(w.numpy() if hasattr(w, "numpy") else w)
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise ModelError(f"Weight {w.path if hasattr(w, 'path') else w.name} contains NaN or inf; "
+                             "fix or retrain the model before quantizing.")
+    probs = _outputs_probabilities(model, in_shape[1:])
+    return ModelInfo(tuple(int(d) for d in in_shape[1:]), int(out_shape[1]), probs, len(bn_layers(model)))
+
+
+def _outputs_probabilities(model, hwc) -> bool:
+    """Softmax output? Decide numerically so nested models and Activation layers both count."""
+    rng = np.random.default_rng(0)
+    y = np.asarray(model(rng.normal(size=(4,) + tuple(hwc)).astype(np.float32), training=False))
+    return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-4))
+
+
+# ----------------------------------------------------------------------------- input space
+
+@dataclasses.dataclass(frozen=True)
+class InputSpace:
+    """model_input = clip(offset + scale * z, lo, hi), z ~ N(0, 1) in the normalized space.
+
+    Per channel. `source` says where it came from (user / detected layer / default).
+    """
+
+    offset: Tuple[float, ...]
+    scale: Tuple[float, ...]
+    lo: Optional[Tuple[float, ...]]
+    hi: Optional[Tuple[float, ...]]
+    source: str
+
+    def __post_init__(self):
+        for name in ("offset", "scale", "lo", "hi"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, None if v is None else tuple(float(x) for x in v))
+
+    def to_model_input(self, z: np.ndarray) -> np.ndarray:
+        x = np.asarray(self.offset, np.float32) + np.asarray(self.scale, np.float32) * z
+        if self.lo is not None:
+            x = np.clip(x, np.asarray(self.lo, np.float32), np.asarray(self.hi, np.float32))
+        return x.astype(np.float32)
+
+    def z_bounds(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        if self.lo is None:
+            return None, None
+        off, sc = np.asarray(self.offset, np.float32), np.asarray(self.scale, np.float32)
+        return (np.asarray(self.lo, np.float32) - off) / sc, (np.asarray(self.hi, np.float32) - off) / sc
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _front_layers(model) -> List:
+    """The preprocessing layers at the very start of the model (after the Input)."""
+    keras = _keras()
+    out = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
+            out.append(layer)
+            continue
+        if isinstance(layer, keras.Model):  # a nested model: its own layers follow
+            continue
+        break
+    return out
+
+
+def _from_range(lo: np.ndarray, hi: np.ndarray, source: str) -> InputSpace:
+    # +-2 sigma spans the valid range: most of the Gaussian stays inside the range.
+    return InputSpace(tuple((lo + hi) / 2), tuple((hi - lo) / 4), tuple(lo), tuple(hi), source)
+
+
+def resolve_input_space(model, spec: Optional[InputSpec] = None) -> InputSpace:
+    """User spec first, then a Rescaling/Normalization front, else plain N(0, 1)."""
+    channels = int(model.inputs[0].shape[-1])
+    spec = spec or InputSpec()
+    if spec.mean is not None:
+        mean = np.asarray(as_channels(spec.mean, channels, "input mean"))
+        std = np.asarray(as_channels(spec.std, channels, "input std"))
+        rng = spec.value_range or ((0.0, 1.0) if np.all(mean <= 1.0) else (0.0, 255.0))
+        lo, hi = (rng[0] - mean) / std, (rng[1] - mean) / std
+        return InputSpace((0.0,) * channels, (1.0,) * channels, tuple(lo), tuple(hi),
+                          f"user: (pixel - mean) / std, pixel in [{rng[0]:g}, {rng[1]:g}]")
+    if spec.value_range is not None:
+        lo, hi = spec.value_range
+        return _from_range(np.full(channels, lo, float), np.full(channels, hi, float), f"user: range [{lo:g}, {hi:g}]")
+    return _detect(model, channels)
+
+
+def _detect(model, channels: int) -> InputSpace:
+    keras = _keras()
+    front = _front_layers(model)
+    ones = np.ones(channels)
+    if not front:
+        return InputSpace((0.0,) * channels, (1.0,) * channels, None, None, "default: N(0, 1), no preprocessing layer found")
+    # Compose the front as an affine map post = a * x + b per channel.
+    a, b, lo, hi = ones.copy(), np.zeros(channels), None, None
+    norm_seen = False
+    names = []
+    for layer in front:
+        names.append(type(layer).__name__)
+        if isinstance(layer, keras.layers.Rescaling):
+            s = np.broadcast_to(np.asarray(layer.scale, float), (channels,))
+            o = np.broadcast_to(np.asarray(layer.offset, float), (channels,))
+            if lo is None and not norm_seen and np.all(s > 0):
+                # Rescaling(1/255) maps [0, 255] -> [0, 1]; Rescaling(1/127.5, -1) maps [0, 255] -> [-1, 1].
+                lo = np.zeros(channels)
+                hi = np.where(np.isclose(o, -1.0), 2.0, 1.0) / s
+            a, b = a * s, b * s + o
+        else:
+            mean = np.broadcast_to(np.asarray(layer.mean, float).reshape(-1), (channels,))
+            var = np.broadcast_to(np.asarray(layer.variance, float).reshape(-1), (channels,))
+            std = np.sqrt(np.maximum(var, keras.backend.epsilon()))
+            if getattr(layer, "invert", False):
+                raise InputSpecError("The model starts with an inverted Normalization layer; pass --input-range "
+                                     "or InputSpec(value_range=...) to describe its input.")
+            a, b = a / std, (b - mean) / std
+            norm_seen = True
+    src = "detected: " + " + ".join(names)
+    if not norm_seen:
+        if lo is None:
+            return InputSpace((0.0,) * channels, (1.0,) * channels, None, None, src + " (no range)")
+        return _from_range(lo, hi, src)
+    # post = a * x + b is the normalized space: z = post, x = (z - b) / a.
+    return InputSpace(tuple(-b / a), tuple(1.0 / a), None if lo is None else tuple(lo),
+                      None if hi is None else tuple(hi), src)
+
+
+# ----------------------------------------------------------------------------- BatchNorm taps
+
+def bn_layers(model) -> List:
+    keras = _keras()
+    return [l for l in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(l, keras.layers.BatchNormalization)]
+
+
+@contextlib.contextmanager
+def bn_taps(model) -> Iterator[List]:
+    """Record (bn_layer, input_tensor) for every BatchNorm call while the block runs.
+
+    Works for nested models because it wraps the layer's own `call`; the caller
+    reads the list inside the same tf.function trace, so the tensors are valid there.
+    """
+    taps: List = []
+    layers = bn_layers(model)
+    originals = []
+    for layer in layers:
+        orig = layer.call
+
+        def tapped(self, inputs, *args, _orig=orig, **kwargs):
+            taps.append((self, inputs))
+            return _orig(inputs, *args, **kwargs)
+
+        originals.append((layer, "call" in layer.__dict__, orig))
+        object.__setattr__(layer, "call", types.MethodType(tapped, layer))
+    try:
+        yield taps
+    finally:
+        for layer, had_own, orig in originals:
+            if had_own:
+                object.__setattr__(layer, "call", orig)
+            else:
+                object.__delattr__(layer, "call")
+
+
+def bn_targets(layer) -> Tuple[np.ndarray, np.ndarray]:
+    """Running mean and running std (sqrt(var + eps)) of a BatchNorm layer."""
+    mean = np.asarray(layer.moving_mean.numpy(), np.float32)
+    std = np.sqrt(np.asarray(layer.moving_variance.numpy(), np.float32) + float(layer.epsilon))
+    return mean, std
+
+
+# ----------------------------------------------------------------------------- folding
+
+_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def _bn_affine(bn) -> Tuple[np.ndarray, np.ndarray]:
+    """BN(y) = s * y + t per channel (inference mode)."""
+    mean, std = bn_targets(bn)
+    gamma = bn.gamma.numpy() if bn.scale else np.ones_like(mean)
+    beta = bn.beta.numpy() if bn.center else np.zeros_like(mean)
+    s = gamma / std
+    return s.astype(np.float32), (beta - mean * s).astype(np.float32)
+
+
+def _fold_pairs(model) -> Dict[int, object]:
+    """Map id(producer layer) -> BN layer for every Conv/Dense whose only consumer is a BN."""
+    keras = _keras()
+    pairs = {}
+    for bn in bn_layers(model):
+        axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+        if len(bn._inbound_nodes) != 1 or axis not in (-1, len(bn._inbound_nodes[0].input_tensors[0].shape) - 1):
+            continue
+        parent = bn._inbound_nodes[0].input_tensors[0]._keras_history.operation
+        if type(parent).__name__ not in _FOLDABLE or not isinstance(parent, keras.layers.Layer):
+            continue
+        act = getattr(parent.activation, "__name__", "")
+        if act != "linear" or len(parent._inbound_nodes) != 1 or len(parent._outbound_nodes) != 1:
+            continue
+        pairs[id(parent)] = bn
+    return pairs
+
+
+def fold_batchnorm(model):
+    """An equivalent model without BatchNormalization layers.
+
+    A BN right after a Conv2D / DepthwiseConv2D / Dense (linear activation, no other
+    consumer) is folded into that layer's kernel and bias. Any other BN becomes a
+    per-channel affine layer (a 1x1 DepthwiseConv2D, or a diagonal Dense on rank 2).
+    """
+    keras = _keras()
+    pairs = _fold_pairs(model)
+    folded_bns = {id(bn) for bn in pairs.values()}
+    todo: List[Tuple[object, Callable[[object], None]]] = []
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if id(layer) in pairs:
+            bn = pairs[id(layer)]
+            s, t = _bn_affine(bn)
+            w = layer.get_weights()
+            k = w[0]
+            b = w[1] if layer.use_bias else np.zeros(s.shape, np.float32)
+            if type(layer).__name__ == "DepthwiseConv2D":
+                k = k * s.reshape(k.shape[2], k.shape[3])
+            else:
+                k = k * s
+            cfg["use_bias"] = True
+            new = layer.__class__.from_config(cfg)
+            todo.append((new, [k, b * s + t]))
+            return new
+        if id(layer) in folded_bns:
+            return keras.layers.Identity(name=layer.name)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            s, t = _bn_affine(layer)
+            rank = len(layer._inbound_nodes[0].input_tensors[0].shape) if layer._inbound_nodes else 4
+            if rank == 4:
+                new = keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
+                todo.append((new, [s.reshape(1, 1, -1, 1), t]))
+            elif rank == 2:
+                new = keras.layers.Dense(s.shape[0], name=layer.name)
+                todo.append((new, [np.diag(s), t]))
+            else:
+                raise ModelError(f"BatchNormalization {layer.name!r} on a rank-{rank} tensor cannot be folded; "
+                                 "only rank-2 and rank-4 inputs are supported.")
+            return new
+        new = layer.__class__.from_config(cfg)
+        if layer.weights:
+            todo.append((new, layer.get_weights()))
+        return new
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, keras.layers.Identity):
+            return args[0]
+        if not getattr(layer, "_call_has_mask_arg", True):
+            kwargs.pop("mask", None)  # a BN replaced by an affine layer takes no mask
+        return layer(*args, **kwargs)
+
+    is_seq = isinstance(model, keras.Sequential)
+    try:
+        new_model = keras.models.clone_model(model, clone_function=clone, recursive=True,
+                                             **({} if is_seq else {"call_function": call}))
+    except Exception as e:
+        raise ModelError(f"BatchNorm folding failed for model {model.name!r} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}); only Functional and Sequential models are supported.") from None
+    for new, weights in todo:
+        new.set_weights(weights)
+    return new_model

@@ -1,0 +1,135 @@
+"""Read/write .tflite through the schema object API (ModelT) and find what passes need.
+
+Passes never patch bytes and never write into a buffer another tensor may share:
+`set_tensor_data` always appends a fresh buffer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+
+from tflite_retroq.errors import TFLiteModelError
+
+QUANTIZABLE = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+_NP = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+
+
+def _fu():
+    from ai_edge_litert.tools import flatbuffer_utils
+    return flatbuffer_utils
+
+
+def read(data: bytes):
+    """bytes -> ModelT, or TFLiteModelError for anything that is not a .tflite flatbuffer."""
+    fu = _fu()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise TFLiteModelError("The data is not a TFLite flatbuffer (no 'TFL3' identifier); "
+                               "pass a .tflite file produced by the TFLite converter.")
+    try:
+        model = fu.convert_bytearray_to_object(bytearray(data))
+        if not model.subgraphs:
+            raise ValueError("no subgraphs")
+        return model
+    except Exception as e:
+        raise TFLiteModelError(f"The .tflite flatbuffer is corrupt or truncated ({type(e).__name__}); "
+                               "convert the model again.") from None
+
+
+def read_file(path: str):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise TFLiteModelError(f"TFLite file {path!r} does not exist; pass the path of a .tflite model.")
+    with open(path, "rb") as f:
+        return read(f.read())
+
+
+def write(model) -> bytes:
+    return bytes(_fu().convert_object_to_bytearray(model))
+
+
+def op_name(model, op) -> str:
+    return _fu().opcode_to_name(model, op.opcodeIndex)
+
+
+def tensor_name(tensor) -> str:
+    n = tensor.name
+    return n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
+
+
+def tensor_array(model, subgraph, index: int) -> Optional[np.ndarray]:
+    """The constant data of a tensor as a numpy array of its dtype and shape (None if not constant)."""
+    t = subgraph.tensors[index]
+    buf = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
+    if buf is None or len(buf) == 0:
+        return None
+    dtype = _NP.get(t.type)
+    if dtype is None:
+        raise TFLiteModelError(f"Tensor {tensor_name(t)!r} has unsupported type {t.type}.")
+    return np.frombuffer(np.asarray(buf, np.uint8).tobytes(), dtype=dtype).reshape(list(t.shape))
+
+
+def set_tensor_data(model, subgraph, index: int, array: np.ndarray) -> None:
+    """Give tensor `index` a fresh buffer holding `array` (never aliases another tensor)."""
+    fu = _fu()
+    t = subgraph.tensors[index]
+    want = _NP[t.type]
+    array = np.ascontiguousarray(array, dtype=want)
+    if list(array.shape) != list(t.shape):
+        raise TFLiteModelError(f"Shape {array.shape} does not match tensor {tensor_name(t)!r} {list(t.shape)}.")
+    buf = fu.BufferT()
+    buf.data = np.frombuffer(array.tobytes(), np.uint8).copy()
+    model.buffers.append(buf)
+    t.buffer = len(model.buffers) - 1
+
+
+@dataclasses.dataclass
+class WeightOp:
+    """A quantizable op and the tensor indices of its input, weight and bias (-1 if none)."""
+    subgraph: int
+    index: int
+    kind: str
+    input: int
+    weight: int
+    bias: int
+    output_name: str
+
+
+def weight_ops(model) -> Iterator[WeightOp]:
+    for si, sg in enumerate(model.subgraphs):
+        for oi, op in enumerate(sg.operators):
+            kind = op_name(model, op)
+            if kind not in QUANTIZABLE:
+                continue
+            ins = list(op.inputs)
+            bias = ins[2] if len(ins) > 2 else -1
+            yield WeightOp(si, oi, kind, ins[0], ins[1], bias, tensor_name(sg.tensors[op.outputs[0]]))
+
+
+def by_output_name(model) -> Dict[str, WeightOp]:
+    return {w.output_name: w for w in weight_ops(model)}
+
+
+def scales(tensor) -> np.ndarray:
+    q = tensor.quantization
+    if q is None or q.scale is None:
+        return np.zeros(0, np.float32)
+    return np.asarray(q.scale, np.float32)
+
+
+def quantized_dimension(tensor) -> int:
+    q = tensor.quantization
+    return int(q.quantizedDimension) if q is not None else 0
+
+
+def set_quantization(tensor, scale: np.ndarray, dim: int) -> None:
+    """Symmetric quantization parameters: zero points all 0."""
+    fu = _fu()
+    q = fu.QuantizationParametersT()
+    q.scale = [float(s) for s in np.asarray(scale, np.float32).reshape(-1)]
+    q.zeroPoint = [0] * len(q.scale)
+    q.quantizedDimension = int(dim)
+    tensor.quantization = q
