@@ -44,7 +44,7 @@ class SynthesisConfig:
 
     mode: SynthesisMode = SynthesisMode.RETRO
     samples_per_class: int = 16
-    iterations: int = 200
+    iterations: int = 150
     learning_rate: float = 0.1
     bn_weight: float = 1.0
     prior_weight: float = 1.0

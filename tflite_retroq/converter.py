@@ -23,10 +23,15 @@ RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[L
 
 @contextlib.contextmanager
 def _quiet():
-    """The converter prints a SavedModel summary to stdout; keep our output readable."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        yield
+    """The converter prints a SavedModel summary to stdout and INFO logs; keep our output readable."""
+    from absl import logging as absl_logging
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 def _as_generator(data: RepresentativeData, input_shape) -> Callable[[], Iterator[List[np.ndarray]]]:
@@ -72,8 +77,10 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
     cfg = QuantizationConfig(scheme=scheme, io=io)
     io_type = tf.int8 if cfg.io == IOType.INT8 else tf.float32
     with _quiet():
+        # fully_quantize=False as TFLiteConverter does: the I/O types then follow
+        # input/output_data_type (fully_quantize=True forces int8 I/O even for io='float').
         out = tfl_convert.mlir_quantize(calibrated, disable_per_channel=cfg.scheme == Scheme.PER_TENSOR,
-                                        fully_quantize=True, input_data_type=io_type, output_data_type=io_type)
+                                        fully_quantize=False, input_data_type=io_type, output_data_type=io_type)
     return bytes(out)
 
 

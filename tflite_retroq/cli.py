@@ -1,0 +1,407 @@
+"""The `retroq` command line (an absl app). `run()` is the console-script entry point.
+
+Flags are parsed and every option is validated (and output paths checked for
+writability) before TensorFlow is imported, so mistakes fail in a fraction of a
+second. Every RetroQError becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import warnings
+from typing import List, Optional, Sequence
+
+from absl import app, flags
+
+from tflite_retroq.config import InputSpec, QuantizationConfig, SynthesisConfig, SynthesisMode
+from tflite_retroq.errors import ConfigError, ModelError, RetroQError, TFLiteModelError
+
+_DEFAULTS = SynthesisConfig()
+_MODES = [m.value for m in SynthesisMode]
+_NOT_YET = "is not implemented yet in this version; use --scheme per-channel or per-tensor"
+
+USAGE = f"""retroq: data-free full-integer int8 TFLite quantization of Keras image classifiers.
+
+usage:
+  retroq synthesize MODEL.keras -o DATA.npz [--mode retro|zeroq|gaussian] [--samples N]
+                    [--iterations N] [--seed S] [input flags] [--quiet]
+  retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
+                    [--samples N] [--iterations N] [--seed S] [--scheme per-channel|per-tensor]
+                    [--weight-bits 8|6|4] [--io int8|float] [--report REPORT.json]
+                    [input flags] [--quiet]
+  retroq analyze    MODEL.keras [--data-file DATA.npz] -o DIR      (not implemented yet)
+  retroq inspect    MODEL.tflite [--json]
+
+commands:
+  synthesize   synthesize calibration images from the model itself and save them (.npz)
+  convert      synthesize (or load) calibration data and write a full-integer int8 .tflite
+  analyze      per-layer per-channel vs per-tensor sensitivity (not implemented yet)
+  inspect      per-tensor quantization table, weight layers, op counts and size of a .tflite
+
+synthesis flags (synthesize, and convert without --data-file):
+  --mode / --data  retro (BN statistics + class loss, default), zeroq (no class loss),
+                   gaussian (plain noise, no optimization)
+  --samples N      images per class (default {_DEFAULTS.samples_per_class})
+  --iterations N   optimization steps (default {_DEFAULTS.iterations})
+  --seed S         random seed (default {_DEFAULTS.seed})
+  --quiet          no progress bar on stderr
+
+input flags (how the model input relates to pixels; default: detected from a
+Rescaling/Normalization front layer, else N(0, 1)):
+  --input-mean a,b,c --input-std a,b,c   model_input = (pixel - mean) / std
+  --input-range LO,HI                    the model takes raw pixels in [LO, HI]
+
+convert flags:
+  -o, --output PATH     the .tflite to write (atomically)
+  --data-file PATH      calibrate with a dataset from `retroq synthesize` instead
+  --scheme S            per-channel (default) or per-tensor weights
+  --weight-bits B       8 (default), 6 or 4: weights limited to +-(2^(B-1)-1), int8 tensors
+  --io T                int8 (default) or float model inputs/outputs
+  --report PATH         also write a JSON report (config, input space, synthesis, layers)
+  (--scheme hybrid, --threshold, --max-per-channel and --nonuniform are not implemented yet)
+
+inspect flags:
+  --json                print the inspection as JSON instead of a table
+
+Errors print one line `retroq: error: ...` on stderr and exit with code 2.
+"""
+
+_COMMANDS = ("synthesize", "convert", "analyze", "inspect")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output", None, "Output path (.npz for synthesize, .tflite for convert).", short_name="o")
+flags.DEFINE_enum("mode", _DEFAULTS.mode.value, _MODES, "synthesize: synthesis mode.")
+flags.DEFINE_enum("data", None, _MODES, "convert: synthesize calibration data in this mode (default retro).")
+flags.DEFINE_string("data-file", None, "convert/analyze: calibration dataset (.npz) from `retroq synthesize`.")
+flags.DEFINE_integer("samples", None, f"Images per class (default {_DEFAULTS.samples_per_class}).")
+flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {_DEFAULTS.iterations}).")
+flags.DEFINE_integer("seed", None, f"Random seed (default {_DEFAULTS.seed}).")
+flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid"],
+                  "convert: weight quantization scheme (hybrid is not implemented yet).")
+flags.DEFINE_float("threshold", None, "convert --scheme hybrid: sensitivity threshold (not implemented yet).")
+flags.DEFINE_integer("max-per-channel", None, "convert --scheme hybrid: layer budget (not implemented yet).")
+flags.DEFINE_integer("weight-bits", 8, "convert: weight bits, 8, 6 or 4.")
+flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform weights (not implemented yet).")
+flags.DEFINE_enum("io", "int8", ["int8", "float"], "convert: model input/output type.")
+flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
+flags.DEFINE_list("input-mean", None, "Per-channel mean: model_input = (pixel - mean) / std.")
+flags.DEFINE_list("input-std", None, "Per-channel std: model_input = (pixel - mean) / std.")
+flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in this range.")
+flags.DEFINE_boolean("quiet", False, "No progress bar on stderr.")
+flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
+
+_SYNTH = ("samples", "iterations", "seed")
+_INPUT = ("input-mean", "input-std", "input-range")
+_ALLOWED = {
+    "synthesize": {"output", "mode", "quiet", *_SYNTH, *_INPUT},
+    "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "weight-bits",
+                "nonuniform", "io", "report", "quiet", *_SYNTH, *_INPUT},
+    "analyze": {"output", "data-file", "quiet"},
+    "inspect": {"json"},
+}
+_OWN = sorted(set().union(*_ALLOWED.values()))
+
+
+class _UsageError(RetroQError):
+    """Wrong command line shape (command, positional arguments, missing -o)."""
+
+
+def _present(name: str) -> bool:
+    return bool(FLAGS[name].present)
+
+
+def _flag(name: str):
+    return FLAGS[name].value
+
+
+# ----------------------------------------------------------------------------- validation helpers
+
+def _positional(command: str, args: Sequence[str], what: str) -> str:
+    if not args:
+        raise _UsageError(f"`retroq {command}` needs {what} as its argument; see `retroq --help`.")
+    if len(args) > 1:
+        raise _UsageError(f"`retroq {command}` takes one {what}, got {len(args)} arguments: {' '.join(args)}.")
+    return args[0]
+
+
+def _check_flags_apply(command: str) -> None:
+    for name in _OWN:
+        if _present(name) and name not in _ALLOWED[command]:
+            raise ConfigError(f"--{name} does not apply to `retroq {command}`; see `retroq --help`.")
+
+
+def _require_output(command: str, example: str) -> str:
+    out = _flag("output")
+    if not out:
+        raise _UsageError(f"`retroq {command}` needs -o {example}.")
+    return out
+
+
+def _input_spec() -> Optional[InputSpec]:
+    if not any(_present(n) for n in _INPUT):
+        return None
+    return InputSpec(mean=_flag("input-mean"), std=_flag("input-std"), value_range=_flag("input-range"))
+
+
+def _synthesis_config(mode: str) -> SynthesisConfig:
+    kw = {"mode": mode}
+    for flag, field in (("samples", "samples_per_class"), ("iterations", "iterations"), ("seed", "seed")):
+        if _flag(flag) is not None:
+            kw[field] = _flag(flag)
+    try:
+        return SynthesisConfig(**kw)
+    except ConfigError as e:  # name the flag, not the dataclass field
+        msg = str(e).replace("samples_per_class=", "--samples ").replace("iterations=", "--iterations ")
+        raise ConfigError(msg.replace("seed=", "--seed ")) from None
+
+
+def _check_model_file(path: str) -> str:
+    """Cheap checks before TensorFlow is imported; load_model does the full ones."""
+    if not os.path.exists(path):
+        raise ModelError(f"Model file {path!r} does not exist; pass the path of a saved Keras model (.keras).")
+    return path
+
+
+def _check_outputs(model_path: str, *paths: Optional[str]) -> None:
+    from tflite_retroq.io_utils import check_writable
+    given = [p for p in paths if p]
+    for p in given:
+        check_writable(p)
+        if os.path.abspath(p) == os.path.abspath(model_path):
+            raise ConfigError(f"Output {p!r} is the input model; choose another output path.")
+    if len({os.path.abspath(p) for p in given}) != len(given):
+        raise ConfigError("-o and --report name the same file; choose two different paths.")
+
+
+def _load_model(path: str):
+    from tflite_retroq.keras_tools import load_model
+    return load_model(path)
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_synthesize(args: Sequence[str]) -> int:
+    model_path = _positional("synthesize", args, "a Keras model file (MODEL.keras)")
+    output = _require_output("synthesize", "DATA.npz")
+    config = _synthesis_config(_flag("mode"))
+    spec = _input_spec()
+    _check_model_file(model_path)
+    _check_outputs(model_path, output)
+
+    from tflite_retroq.synthesis import synthesize
+    model = _load_model(model_path)
+    t0 = time.perf_counter()
+    data = synthesize(model, config, input_spec=spec, progress=not _flag("quiet"))
+    seconds = time.perf_counter() - t0
+    data.save(output)
+    n = len(data)
+    rate = n / seconds if seconds > 0 else float("inf")
+    classes = data.metadata.get("num_classes", "?")
+    _say(f"synthesized {n} images ({config.mode.value}, {classes} classes x {config.samples_per_class}, "
+         f"{data.metadata.get('iterations_run', 0)} iterations, shape {list(data.images.shape[1:])}) "
+         f"in {seconds:.1f} s, {rate:.1f} images/s -> {output}")
+    return 0
+
+
+def cmd_convert(args: Sequence[str]) -> int:
+    model_path = _positional("convert", args, "a Keras model file (MODEL.keras)")
+    if _flag("scheme") == "hybrid":
+        raise ConfigError(f"--scheme hybrid {_NOT_YET}.")
+    for name in ("threshold", "max-per-channel"):
+        if _present(name):
+            raise ConfigError(f"--{name} (hybrid scheme) {_NOT_YET}.")
+    if _flag("nonuniform"):
+        raise ConfigError(f"--nonuniform {_NOT_YET}.")
+    data_file = _flag("data-file")
+    if data_file is not None:
+        if _present("data"):
+            raise ConfigError("--data and --data-file conflict: synthesize data (--data MODE) or load it "
+                              "(--data-file PATH), not both.")
+        for name in (*_SYNTH, *_INPUT):
+            if _present(name):
+                raise ConfigError(f"--{name} configures synthesis and conflicts with --data-file (the dataset "
+                                  "is already synthesized); drop one of them.")
+    output = _require_output("convert", "OUT.tflite")
+    bits = _flag("weight-bits")
+    if bits not in (8, 6, 4):
+        raise ConfigError(f"--weight-bits {bits} is not supported; choose 8, 6 or 4.")
+    qcfg = QuantizationConfig(scheme=_flag("scheme"), weight_bits=bits, io=_flag("io"))
+    scfg = _synthesis_config(_flag("data") or _DEFAULTS.mode.value) if data_file is None else None
+    spec = _input_spec()
+    report_path = _flag("report")
+    _check_model_file(model_path)
+    _check_outputs(model_path, output, report_path)
+
+    from tflite_retroq.dataset import SyntheticDataset
+    dataset = SyntheticDataset.load(data_file) if data_file is not None else None  # fail before TF loads
+
+    from tflite_retroq.converter import convert
+    model = _load_model(model_path)
+    seconds = {}
+    t0 = time.perf_counter()
+    if dataset is None:
+        from tflite_retroq.synthesis import synthesize
+        dataset = synthesize(model, scfg, input_spec=spec, progress=not _flag("quiet"))
+        seconds["synthesis"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io)
+    seconds["conversion"] = time.perf_counter() - t1
+    seconds["total"] = time.perf_counter() - t0
+
+    from tflite_retroq.io_utils import atomic_path
+    if report_path:
+        from tflite_retroq import __version__
+        from tflite_retroq.report import convert_report, to_json
+        from tflite_retroq.tflite.inspect import inspect_model
+        meta = dict(dataset.metadata)
+        synthesis = dict(meta, num_images=len(dataset),
+                         final_loss={k: v[-1] for k, v in dataset.loss_history.items() if v})
+        source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
+                  else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
+        text = to_json(convert_report(
+            model_path=model_path, output_path=output, quantization=qcfg.to_dict(), data_source=source,
+            synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
+            inspection=inspect_model(tflite), version=__version__))
+        # Both files are fully written to temporaries before either is renamed into place.
+        with atomic_path(output) as tmp_out, atomic_path(report_path) as tmp_rep:
+            with open(tmp_out, "wb") as f:
+                f.write(tflite)
+            with open(tmp_rep, "w", encoding="utf-8") as f:
+                f.write(text)
+    else:
+        with atomic_path(output) as tmp_out:
+            with open(tmp_out, "wb") as f:
+                f.write(tflite)
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
+    _say(f"wrote {output}: {len(tflite)} bytes ({qcfg.scheme.value}, W{qcfg.weight_bits}, {qcfg.io.value} I/O, "
+         f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
+         + (f"; report {report_path}" if report_path else ""))
+    return 0
+
+
+def cmd_analyze(args: Sequence[str]) -> int:
+    raise ConfigError("`retroq analyze` (per-layer sensitivity) is not implemented yet in this version; "
+                      "use `retroq convert --scheme per-channel` or `--scheme per-tensor`.")
+
+
+def cmd_inspect(args: Sequence[str]) -> int:
+    path = _positional("inspect", args, "a .tflite file")
+    if not os.path.isfile(path):
+        raise TFLiteModelError(f"TFLite file {path!r} does not exist; pass the path of a .tflite model.")
+    with open(path, "rb") as f:
+        data = f.read()
+    from tflite_retroq.tflite.inspect import inspect_model
+    info = inspect_model(data)
+    if _flag("json"):
+        from tflite_retroq.report import to_json
+        sys.stdout.write(to_json(dict(info, path=path)))
+    else:
+        from tflite_retroq.report import format_inspect
+        _say(f"{path}")
+        _say(format_inspect(info))
+    return 0
+
+
+_HANDLERS = {"synthesize": cmd_synthesize, "convert": cmd_convert, "analyze": cmd_analyze, "inspect": cmd_inspect}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _error(message: str, code: int = 2, prefix: str = "error") -> int:
+    line = " ".join(str(message).split())  # exactly one line
+    sys.stderr.write(f"retroq: {prefix}: {line}\n")
+    sys.stderr.flush()
+    return code
+
+
+def _parse_flags(argv: List[str]) -> List[str]:
+    for i, a in enumerate(argv[1:]):
+        if a == "--":
+            break
+        if a in ("-h", "--help", "-?", "--helpshort") or (i == 0 and a == "help"):
+            sys.stdout.write(USAGE)
+            sys.exit(0)
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(_error(e))
+
+
+def main(argv: List[str]) -> int:
+    args = list(argv[1:])
+    try:
+        if not args:
+            raise _UsageError(f"missing command; choose one of {', '.join(_COMMANDS)} (see `retroq --help`).")
+        command, rest = args[0], args[1:]
+        if command not in _HANDLERS:
+            raise _UsageError(f"unknown command {command!r}; choose one of {', '.join(_COMMANDS)}.")
+        _check_flags_apply(command)
+        return _HANDLERS[command](rest)
+    except RetroQError as e:
+        return _error(e)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback
+        if os.environ.get("RETROQ_TRACEBACK"):
+            raise
+        return _error(f"{type(e).__name__}: {e} (unexpected; set RETROQ_TRACEBACK=1 for the traceback)",
+                      1, "internal error")
+
+
+@contextlib.contextmanager
+def _native_logs_silenced():
+    """Silence TensorFlow's C++ logs (CLI only, never at package import).
+
+    TF_CPP_MIN_LOG_LEVEL=2 is set before TensorFlow is imported, but some native
+    messages (CUDA probing, converter chatter) bypass it and write to fd 2 directly.
+    At level 2 or 3 the native fd 2 goes to /dev/null while Python's sys.stderr keeps
+    the real stream: progress, warnings and our error line still show. Set
+    TF_CPP_MIN_LOG_LEVEL=0 to see every native log.
+    """
+    level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if level.strip() not in ("2", "3"):
+        yield
+        return
+    old_stderr = sys.stderr
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
+                           errors="backslashreplace")
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+            sys.stderr.close()
+        finally:
+            sys.stderr = old_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry point."""
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and not getattr(main_module, "__doc__", None):
+        main_module.__doc__ = USAGE  # absl's --helpfull prints it
+    warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+    with _native_logs_silenced():
+        app.run(main, argv=argv, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

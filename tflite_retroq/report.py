@@ -1,0 +1,114 @@
+"""Reports: JSON documents (written atomically) and text tables for the terminal.
+
+Nothing here imports TensorFlow; inputs are the plain dicts other modules return.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from tflite_retroq.io_utils import write_text
+
+
+def _jsonable(o: Any):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "value"):  # str enums
+        return o.value
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def _finite(o: Any):
+    """NaN/inf are not JSON: store them as null."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(_finite(json.loads(json.dumps(obj, default=_jsonable))), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: str, obj: Any) -> str:
+    """Serialize first, then write atomically: a failure never leaves a partial file."""
+    return write_text(path, to_json(obj))
+
+
+def convert_report(*, model_path: str, output_path: str, quantization: Dict, data_source: Dict,
+                   synthesis: Optional[Dict], input_space: Optional[Dict], output_size: int,
+                   seconds: Dict[str, float], inspection: Dict, version: str) -> Dict:
+    """The JSON document `retroq convert --report` writes."""
+    return {
+        "tool": "retroq", "version": version, "command": "convert",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_path, "output": output_path,
+        "config": {"quantization": quantization, "data": data_source},
+        "input_space": input_space,
+        "synthesis": synthesis,
+        "output_size_bytes": int(output_size),
+        "seconds": {k: round(float(v), 3) for k, v in seconds.items()},
+        "op_counts": inspection.get("op_counts", {}),
+        "inputs": inspection.get("inputs", []),
+        "outputs": inspection.get("outputs", []),
+        "layers": inspection.get("layers", []),
+    }
+
+
+# ----------------------------------------------------------------------------- text tables
+
+def _short(s: Optional[str], width: int) -> str:
+    s = "-" if s is None or s == "" else str(s)
+    return s if len(s) <= width else "..." + s[-(width - 3):]
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _num(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def _table(headers: List[str], rows: List[List[str]]) -> List[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _io_line(kind: str, t: Dict) -> str:
+    q = "" if t.get("scale") is None else f" scale {t['scale']:.6g} zero_point {t['zero_point']}"
+    return f"{kind}: {t['name']} {t['dtype']} {_shape(t['shape'])}{q}"
+
+
+def format_inspect(info: Dict, name_width: int = 36) -> str:
+    """The `retroq inspect` table: tensors with quantization or constant data, then a per-layer summary."""
+    ops = ", ".join(f"{k} x{v}" for k, v in info["op_counts"].items()) or "none"
+    out = [f"model size: {info['size_bytes']} bytes, {info['subgraphs']} subgraph(s), {info['num_ops']} ops ({ops})"]
+    out += [_io_line("input", t) for t in info["inputs"]] + [_io_line("output", t) for t in info["outputs"]]
+    out.append("")
+    out.append("tensors (quantized or constant):")
+    rows = [[str(t["index"]), _short(t["name"], name_width), t["role"], _short(t["op"], 28), t["dtype"],
+             _shape(t["shape"]), str(t["num_scales"]), _num(t["distinct_values"]),
+             _num(t["quantized_dimension"]) if t["num_scales"] > 1 else "-"]
+            for t in info["tensors"]]
+    out += _table(["#", "name", "role", "op", "dtype", "shape", "scales", "distinct", "quant_dim"], rows)
+    if info["layers"]:
+        out.append("")
+        out.append("weight layers:")
+        rows = [[f"{l['op']}#{l['op_index']}", _short(l["output"], name_width), l["weight_dtype"],
+                 _shape(l["weight_shape"]), l["scheme"], str(l["num_scales"]), _num(l["distinct_values"]),
+                 _num(l["weight_bits"])] for l in info["layers"]]
+        out += _table(["op", "output", "dtype", "shape", "scheme", "scales", "distinct", "bits"], rows)
+    return "\n".join(out)
