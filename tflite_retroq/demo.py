@@ -37,11 +37,11 @@ def build_digits_cnn():
     x = keras.layers.Rescaling(1.0 / 16.0)(inp)  # pixels are 0..16: detected as the valid range
     for filters in (16, 32):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Conv2D(64, 3, padding="same", use_bias=False)(x)
-    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(10, name="logits")(x)
@@ -64,34 +64,42 @@ def main(argv):
     import tflite_retroq as rq
     from tflite_retroq.evaluate import keras_outputs
     from tflite_retroq.io_utils import write_bytes, write_text
+    from tflite_retroq.plots import plot_images, plot_losses
     os.makedirs(FLAGS.out, exist_ok=True)
     t0 = time.perf_counter()
     model, (xte, yte) = train_digits_cnn(FLAGS.epochs, FLAGS.seed)
     t_train = time.perf_counter() - t0
     ref = keras_outputs(model, xte)
-    rows = [{"calibration": "none (float32 Keras)", "accuracy": float(np.mean(ref.argmax(1) == yte) * 100),
-             "agreement": 100.0, "sqnr_db": None, "synthesis_s": None, "images_per_s": None}]
+    acc = float(np.mean(ref.argmax(1) == yte) * 100)
+    rows = [{"calibration": "none (float32 Keras)", "w8_accuracy": acc, "w8_agreement": 100.0, "w8_sqnr_db": None,
+             "w4_accuracy": acc, "w4_sqnr_db": None, "synthesis_s": None, "images_per_s": None}]
     for mode in ("gaussian", "zeroq", "retro"):
-        cfg = rq.SynthesisConfig(mode=mode, seed=FLAGS.seed)
-        data = rq.synthesize(model, cfg, progress=sys.stderr.isatty())
-        tfl = rq.convert(model, data)
-        write_bytes(os.path.join(FLAGS.out, f"digits_int8_{mode}.tflite"), tfl)
-        r = rq.evaluate(tfl, xte, yte, reference=ref)
-        rows.append({"calibration": f"{mode} ({len(data)} images)", "accuracy": r.accuracy, "agreement": r.agreement,
-                     "sqnr_db": r.sqnr_db, "synthesis_s": data.metadata["seconds"],
-                     "images_per_s": data.metadata["images_per_second"], "tflite_bytes": len(tfl)})
+        data = rq.synthesize(model, rq.SynthesisConfig(mode=mode, seed=FLAGS.seed), progress=sys.stderr.isatty())
+        plot_images(data, os.path.join(FLAGS.out, f"synthetic_{mode}.png"))
+        if data.loss_history.get("total"):
+            plot_losses(data, os.path.join(FLAGS.out, f"losses_{mode}.png"))
+        calibrated = rq.calibrate(model, data)  # calibrate once, quantize W8 and W4 from it
+        row = {"calibration": f"{mode} ({len(data)} images)", "synthesis_s": data.metadata["seconds"],
+               "images_per_s": data.metadata["images_per_second"]}
+        for bits in (8, 4):
+            tfl = rq.convert(model, data, weight_bits=bits, calibrated=calibrated)
+            write_bytes(os.path.join(FLAGS.out, f"digits_int8_w{bits}_{mode}.tflite"), tfl)
+            r = rq.evaluate(tfl, xte, yte, reference=ref)
+            row.update({f"w{bits}_accuracy": r.accuracy, f"w{bits}_agreement": r.agreement,
+                        f"w{bits}_sqnr_db": r.sqnr_db})
+        rows.append(row)
     total = time.perf_counter() - t0
     report = {"model": "digits_cnn (sklearn digits, 8x8x1)", "held_out_images": int(len(xte)),
               "train_seconds": t_train, "total_seconds": total, "rows": rows,
               "command": "make demo"}
     write_text(os.path.join(FLAGS.out, "report.json"), json.dumps(report, indent=2))
     print(f"\nDemo: data-free int8 of a digits CNN, {len(xte)} held-out real digits (trained in {t_train:.1f}s)")
-    print(f"{'calibration':<26} {'top-1 %':>8} {'agree %':>8} {'SQNR dB':>8} {'synth s':>8} {'img-it/s':>9}")
+    print(f"{'calibration':<26} {'W8A8 %':>7} {'W8 SQNR':>8} {'W4A8 %':>7} {'W4 SQNR':>8} {'synth s':>8} {'img-it/s':>9}")
     for r in rows:
         f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
-        print(f"{r['calibration']:<26} {f(r['accuracy']):>8} {f(r['agreement']):>8} {f(r['sqnr_db'], 1):>8} "
-              f"{f(r['synthesis_s'], 1):>8} {f(r['images_per_s'], 0):>9}")
-    print(f"\nWrote {FLAGS.out}/digits_int8_{{gaussian,zeroq,retro}}.tflite and {FLAGS.out}/report.json "
+        print(f"{r['calibration']:<26} {f(r['w8_accuracy']):>7} {f(r['w8_sqnr_db'], 1):>8} {f(r['w4_accuracy']):>7} "
+              f"{f(r['w4_sqnr_db'], 1):>8} {f(r['synthesis_s'], 1):>8} {f(r['images_per_s'], 0):>9}")
+    print(f"\nWrote {FLAGS.out}/digits_int8_w{{8,4}}_{{gaussian,zeroq,retro}}.tflite, {FLAGS.out}/report.json and PNG plots "
           f"in {total:.0f}s.")
 
 

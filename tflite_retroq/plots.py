@@ -1,0 +1,70 @@
+"""PNG plots people would rather look at than numbers: synthesized images and loss curves.
+
+matplotlib is imported lazily with the Agg backend, so plotting works headless.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from tflite_retroq.dataset import SyntheticDataset
+from tflite_retroq.io_utils import write_with
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _displayable(images: np.ndarray, lo: Optional[np.ndarray], hi: Optional[np.ndarray]) -> np.ndarray:
+    """Map images to [0, 1] for display, using the valid range when known."""
+    if lo is None:
+        lo, hi = images.min(axis=(0, 1, 2)), images.max(axis=(0, 1, 2))
+    out = (images - np.asarray(lo)) / np.maximum(np.asarray(hi) - np.asarray(lo), 1e-12)
+    out = np.clip(out, 0, 1)
+    return out[..., 0] if out.shape[-1] == 1 else out[..., :3]
+
+
+def plot_images(data: SyntheticDataset, path: str, per_class: int = 4) -> str:
+    """A grid: one row per class (at most 10 rows), `per_class` images each."""
+    plt = _plt()
+    space = data.metadata.get("input_space", {})
+    lo = np.asarray(space["lo"]) if space.get("lo") is not None else None
+    hi = np.asarray(space["hi"]) if space.get("hi") is not None else None
+    classes = np.unique(data.labels)[:10]
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.2 * per_class, 1.2 * len(classes)), squeeze=False)
+    for r, c in enumerate(classes):
+        idx = np.flatnonzero(data.labels == c)[:per_class]
+        imgs = _displayable(data.images[idx], lo, hi)
+        for k in range(per_class):
+            ax = axes[r][k]
+            ax.axis("off")
+            if k < len(imgs):
+                ax.imshow(imgs[k], cmap="gray" if imgs[k].ndim == 2 else None, vmin=0, vmax=1)
+        axes[r][0].set_title(f"class {c}", fontsize=7, loc="left")
+    fig.suptitle(f"{data.mode} synthetic images", fontsize=9)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_losses(data: SyntheticDataset, path: str) -> str:
+    """Loss curves of the synthesis run (total and each term), log scale."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in data.loss_history.items():
+        if values and np.any(np.asarray(values) > 0):
+            ax.plot(np.arange(1, len(values) + 1), values, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{data.mode} synthesis losses")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
