@@ -110,6 +110,8 @@ def softmax_model():
         if isinstance(layer, keras.layers.BatchNormalization):
             set_bn_stats(layer, rng)
     _randomize_biases(model, rng)
+    dense = model.layers[-1]
+    dense.kernel.assign(dense.kernel.numpy() * 8.0)  # confident (far from uniform) probabilities
     return model
 
 
@@ -173,3 +175,18 @@ def real_images():
 def normal_images():
     """Random images in N(0, 1) space (models without a preprocessing front)."""
     return np.random.default_rng(8).standard_normal((12, H, W, C)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def calib_data(bn_model):
+    """Retro-synthesized data for the BN model (8 images per class), shared by converter/evaluate tests."""
+    import tflite_retroq as rq
+    return rq.synthesize(bn_model, rq.SynthesisConfig(mode="retro", samples_per_class=8, iterations=60, seed=5),
+                         progress=False)
+
+
+@pytest.fixture(scope="session")
+def int8_bytes(bn_model, calib_data):
+    """The default per-channel full-int8 .tflite of the BN model."""
+    import tflite_retroq as rq
+    return rq.convert(bn_model, calib_data)

@@ -139,7 +139,7 @@ def _front_model(*front):
     return keras.Model(inp, keras.layers.Dense(NUM_CLASSES)(x))
 
 
-def _check_front(space, front_fn, lo, hi):
+def _check_front(space, lo, hi):
     """Independent check: the detected space maps z ~ N(0,1) into [lo, hi] and its centre
     is the centre of the valid range."""
     assert space.lo == pytest.approx((lo,) * C) and space.hi == pytest.approx((hi,) * C)
@@ -153,13 +153,13 @@ def _check_front(space, front_fn, lo, hi):
 
 def test_detect_rescaling_0_255():
     space = resolve_input_space(_front_model(keras.layers.Rescaling(1.0 / 255)))
-    _check_front(space, None, 0.0, 255.0)
+    _check_front(space, 0.0, 255.0)
     assert "Rescaling" in space.source
 
 
 def test_detect_rescaling_minus1_1():
     space = resolve_input_space(_front_model(keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)))
-    _check_front(space, None, 0.0, 255.0)
+    _check_front(space, 0.0, 255.0)
 
 
 def test_detect_rescaling_plus_normalization():
@@ -195,7 +195,7 @@ def test_user_mean_std_space():
 def test_user_spec_overrides_detection():
     m = _front_model(keras.layers.Rescaling(1.0 / 255))
     space = resolve_input_space(m, InputSpec(value_range=(-3.0, 5.0)))
-    _check_front(space, None, -3.0, 5.0)
+    _check_front(space, -3.0, 5.0)
     assert space.source.startswith("user")
 
 

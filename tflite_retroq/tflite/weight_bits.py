@@ -34,7 +34,8 @@ def symmetric_quantize(w: np.ndarray, bits: int, per_channel_dim: int | None) ->
 
 def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     bias_scale = (np.float32(input_scale) * np.asarray(weight_scale, np.float32)).astype(np.float32)
-    bias_scale = np.broadcast_to(bias_scale, b.shape) if bias_scale.size == 1 else bias_scale
+    # One bias scale per weight scale (a per-tensor weight keeps a per-tensor bias, as the
+    # converter writes it); the division broadcasts a single scale over every channel.
     q = np.round(np.asarray(b, np.float64) / bias_scale.astype(np.float64))
     return np.clip(q, -2**31 + 1, 2**31 - 1).astype(np.int32), bias_scale.astype(np.float32)
 
@@ -63,8 +64,19 @@ def requantize_op(model, calibrated, wop: tfm.WeightOp, fop: tfm.WeightOp, bits:
 def matched_ops(model, calibrated):
     """Pairs (quantized op, calibrated float op) matched by output tensor name."""
     float_ops = tfm.by_output_name(calibrated)
-    for wop in tfm.weight_ops(model):
+    float_list, quant_list = list(tfm.weight_ops(calibrated)), list(tfm.weight_ops(model))
+
+    def _shape(m, w):
+        return list(m.subgraphs[w.subgraph].tensors[w.weight].shape)
+
+    for i, wop in enumerate(quant_list):
         fop = float_ops.get(wop.output_name)
+        if fop is None and len(float_list) == len(quant_list):
+            # Float I/O appends a DEQUANTIZE that takes the output's name (the op's output gets a
+            # suffix); the op keeps its position, so match by position when kind and shape agree.
+            cand = float_list[i]
+            if cand.kind == wop.kind and _shape(calibrated, cand) == _shape(model, wop):
+                fop = cand
         if fop is None:
             raise TFLiteModelError(f"Op {wop.output_name!r} is not in the calibrated model; pass the calibrated "
                                    "model this int8 model was quantized from.")
