@@ -81,7 +81,24 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
         # input/output_data_type (fully_quantize=True forces int8 I/O even for io='float').
         out = tfl_convert.mlir_quantize(calibrated, disable_per_channel=cfg.scheme == Scheme.PER_TENSOR,
                                         fully_quantize=False, input_data_type=io_type, output_data_type=io_type)
-    return bytes(out)
+    out = bytes(out)
+    _check_fully_integer(out)
+    return out
+
+
+def _check_fully_integer(model_bytes: bytes) -> None:
+    """Refuse a result in which some op still computes in float (it would not run on an int8-only delegate)."""
+    from tflite_retroq.tflite import model as tfm
+    m = tfm.read(model_bytes)
+    for sg in m.subgraphs:
+        for op in sg.operators:
+            name = tfm.op_name(m, op)
+            if name in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            for i in list(op.inputs) + list(op.outputs):
+                if i >= 0 and sg.tensors[i].type == 0:  # FLOAT32
+                    raise RetroQError(f"Operator {name} ({tfm.tensor_name(sg.tensors[op.outputs[0]])}) could not be "
+                                      "quantized to int8; replace it or keep it out of the model.")
 
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
