@@ -150,6 +150,8 @@ def _synthesis_config(mode: str) -> SynthesisConfig:
     for flag, field in (("samples", "samples_per_class"), ("iterations", "iterations"), ("seed", "seed")):
         if _flag(flag) is not None:
             kw[field] = _flag(flag)
+    if kw.get("seed", 0) < 0:
+        raise ConfigError(f"--seed {kw['seed']} must be >= 0.")
     try:
         return SynthesisConfig(**kw)
     except ConfigError as e:  # name the flag, not the dataclass field
@@ -293,6 +295,8 @@ def cmd_analyze(args: Sequence[str]) -> int:
 
 def cmd_inspect(args: Sequence[str]) -> int:
     path = _positional("inspect", args, "a .tflite file")
+    if os.path.isdir(path):
+        raise TFLiteModelError(f"{path!r} is a directory; pass the path of a .tflite model.")
     if not os.path.isfile(path):
         raise TFLiteModelError(f"TFLite file {path!r} does not exist; pass the path of a .tflite model.")
     with open(path, "rb") as f:
