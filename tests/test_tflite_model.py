@@ -115,3 +115,13 @@ def test_set_quantization(int8_bytes):
     tfm.set_quantization(t, np.array([0.5, 0.25]), 3)
     np.testing.assert_array_equal(tfm.scales(t), [0.5, 0.25])
     assert list(t.quantization.zeroPoint) == [0, 0] and tfm.quantized_dimension(t) == 3
+
+
+def test_weight_bits_pass_leaves_no_orphan_buffers(bn_model, calib_data):
+    """The W4 pass rewrites every weight into fresh buffers; the replaced ones must not stay in the file."""
+    cal = rq.calibrate(bn_model, calib_data)
+    w8 = tfm.read(rq.convert(bn_model, None, calibrated=cal))
+    w4 = tfm.read(rq.convert(bn_model, None, weight_bits=4, calibrated=cal))
+    referenced = {0} | {t.buffer for sg in w4.subgraphs for t in sg.tensors} | {md.buffer for md in w4.metadata or []}
+    assert referenced == set(range(len(w4.buffers)))
+    assert len(w4.buffers) == len(w8.buffers)

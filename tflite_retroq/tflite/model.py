@@ -47,7 +47,28 @@ def read_file(path: str):
         return read(f.read())
 
 
+def compact_buffers(model) -> None:
+    """Drop buffers no tensor or metadata entry references (passes leave the old ones behind)."""
+    used = {0}
+    for sg in model.subgraphs:
+        used.update(t.buffer for t in sg.tensors)
+    for md in model.metadata or []:
+        used.add(md.buffer)
+    keep = sorted(b for b in used if b < len(model.buffers))
+    if len(keep) == len(model.buffers):
+        return
+    remap = {old: new for new, old in enumerate(keep)}
+    model.buffers = [model.buffers[i] for i in keep]
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            t.buffer = remap[t.buffer]
+    for md in model.metadata or []:
+        md.buffer = remap[md.buffer]
+
+
 def write(model) -> bytes:
+    """ModelT -> bytes, without buffers that nothing references any more."""
+    compact_buffers(model)
     return bytes(_fu().convert_object_to_bytearray(model))
 
 
