@@ -83,7 +83,7 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """10 log10(signal power / error power) of the outputs, in dB (inf when identical)."""
     noise = float(np.sum((reference.astype(np.float64) - test) ** 2))
     signal = float(np.sum(reference.astype(np.float64) ** 2))
-    return float("inf") if noise == 0 else 10.0 * np.log10(signal / noise)
+    return float("inf") if noise == 0 else float(10.0 * np.log10(signal / noise))
 
 
 def mean_kl(reference: np.ndarray, test: np.ndarray) -> float:

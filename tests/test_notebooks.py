@@ -1,0 +1,82 @@
+"""The Colab notebooks run top to bottom, headless and offline, on this venv's Python.
+
+Each notebook reads RETROQ_NB_SMALL=1 in its first code cell and shrinks its
+parameters (epochs, samples, iterations), so the whole notebook runs in well under
+a minute here. A failing cell fails the test with the cell's traceback; nothing is
+skipped.
+"""
+import json
+import os
+import pathlib
+import re
+import sys
+
+import nbclient
+import nbformat
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COLAB = ROOT / "colab"
+
+
+def _kernel_dir(tmp_path) -> str:
+    """A `python3` kernelspec whose argv is *this* interpreter (the venv's), first on JUPYTER_PATH."""
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (tflite_retroq venv)", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    return str(tmp_path / "jupyter")
+
+
+def _execute(name, tmp_path, monkeypatch):
+    nb = nbformat.read(COLAB / name, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import sys; print('KERNEL_PYTHON=' + sys.executable)"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("JUPYTER_PATH", _kernel_dir(tmp_path))
+    monkeypatch.setenv("RETROQ_NB_SMALL", "1")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend shows the plots
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(work)}})
+    client.execute()  # raises CellExecutionError (with the traceback) if any cell fails
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream" and o.name == "stdout")
+    images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                 if o.output_type == "display_data" and "image/png" in o.get("data", {}))
+    return text, images, work
+
+
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    text, images, work = _execute("01_quickstart.ipynb", tmp_path, monkeypatch)
+
+    kernel_python = re.search(r"KERNEL_PYTHON=(.+)", text).group(1).strip()
+    assert os.path.realpath(kernel_python) == os.path.realpath(sys.executable), kernel_python
+
+    assert "Float Keras top-1 on 450 held-out digits" in text, text
+    for row in ("retro       per-channel  W8A8", "retro       per-channel  W4A8", "retro       per-tensor   W8A8",
+                "retro       per-tensor   W4A8", "gaussian    per-channel  W8A8"):
+        assert row in text, f"missing table row {row!r} in:\n{text}"
+
+    # The converter hook: the user's own TFLiteConverter with the synthetic representative data.
+    m = re.search(r"Own TFLiteConverter \+ retro data: top-1 ([\d.]+) % \(float ([\d.]+) %\)", text)
+    assert m, text
+    own, flt = float(m.group(1)), float(m.group(2))
+    assert flt > 80.0 and own > flt - 10.0, (own, flt)
+    m = re.search(r"agreement with rq.convert per-channel W8: ([\d.]+) %", text)
+    assert m and float(m.group(1)) >= 95.0, text
+
+    assert images >= 2, "expected the synthetic-image grid and the loss curves as PNG outputs"
+    for name in ("digits.keras", "digits_retro.npz", "digits_int8.tflite"):
+        assert (work / name).is_file(), name
+
+
+def test_notebook_first_code_cell_holds_the_parameters():
+    nb = nbformat.read(COLAB / "01_quickstart.ipynb", as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and "# !pip install" in nb.cells[0].source
+    first_code = next(c for c in nb.cells if c.cell_type == "code").source
+    for name in ("EPOCHS", "SAMPLES_PER_CLASS", "ITERATIONS", "RETROQ_NB_SMALL"):
+        assert name in first_code, name
+    shell = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+             if line.lstrip().startswith(("!", "%%bash", "%%sh", "%sx", "%system"))]
+    assert not shell, f"notebooks stay pure Python, found shell lines: {shell}"
