@@ -43,8 +43,8 @@ class SynthesisConfig:
     """Algorithm 1 knobs. Defaults were chosen by measurement (see README, benchmarks)."""
 
     mode: SynthesisMode = SynthesisMode.RETRO
-    samples_per_class: int = 16
-    iterations: int = 150
+    samples_per_class: int = 8
+    iterations: int = 100
     learning_rate: float = 0.1
     bn_weight: float = 1.0
     prior_weight: float = 1.0
