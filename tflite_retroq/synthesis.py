@@ -59,13 +59,12 @@ def synthesize(model, config: Optional[SynthesisConfig] = None, *, input_spec: O
     mode = config.mode
     iterations = 0 if mode == SynthesisMode.GAUSSIAN else config.iterations
     if iterations:
-        z = _optimize(tf, model, space, z0, targets, config, info.outputs_probabilities, iterations,
-                      (zlo, zhi), history, progress)
+        z, t1 = _optimize(tf, model, space, z0, targets, config, info.outputs_probabilities, iterations,
+                          (zlo, zhi), history, progress)
     else:
-        z = z0
+        z, t1 = z0, None
     t_end = time.perf_counter()
     seconds = t_end - t0
-    t1 = history.pop("t_after_first_step", None)
     steady = (n * (iterations - 1) / (t_end - t1)) if t1 is not None and t_end > t1 else None
     images = space.to_model_input(z)
     meta = {
@@ -79,8 +78,12 @@ def synthesize(model, config: Optional[SynthesisConfig] = None, *, input_spec: O
 
 
 def _optimize(tf, model, space: InputSpace, z0, targets, config: SynthesisConfig, probs_out: bool,
-              iterations: int, bounds, history, progress: bool) -> np.ndarray:
-    """Adam on the normalized images z, projected back into the valid range each step."""
+              iterations: int, bounds, history, progress: bool):
+    """Adam on the normalized images z, projected back into the valid range each step.
+
+    Returns (z, time after the first step): the first step traces and compiles, so the
+    steady-state rate is measured from then on.
+    """
     with bn_taps(model) as taps:
         stats = {id(l): tuple(tf.constant(a) for a in bn_targets(l)) for l in bn_layers(model)}
         use_cls = config.mode == SynthesisMode.RETRO
@@ -134,15 +137,16 @@ def _optimize(tf, model, space: InputSpace, z0, targets, config: SynthesisConfig
             return bn, prior, cls
 
         bar = _Progress(iterations, enabled=progress)
+        t1 = None
         for i in range(iterations):
-            if i == 1:  # steady-state rate excludes the first step, which traces and compiles
-                history["t_after_first_step"] = time.perf_counter()
+            if i == 1:
+                t1 = time.perf_counter()
             total, bn, prior, cls = (float(a) for a in step())
             for k, val in (("total", total), ("bn", bn), ("prior", prior), ("class", cls)):
                 history[k].append(val)
             bar.update(i + 1, f"loss {total:.4f} (bn {bn:.4f} prior {prior:.4f} class {cls:.4f})")
         bar.close()
-        return z.numpy()
+        return z.numpy(), t1
 
 
 class _Progress:
