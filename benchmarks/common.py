@@ -78,7 +78,10 @@ class EvalData:
 def keras_outputs_fast(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """FP32 Keras outputs through one XLA-compiled function (same numbers as eager, faster)."""
     import tensorflow as tf
-    fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    @tf.function(jit_compile=True)
+    def fn(x):
+        return model(x, training=False)
+
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
