@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from tflite_retroq.evaluate import keras_outputs  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ZOO = str((REPO_ROOT / ".." / "shared" / "zoo").resolve())
 DEFAULT_OUT = str(REPO_ROOT / "benchmarks" / "results")
@@ -75,31 +77,13 @@ class EvalData:
 
 
 # --------------------------------------------------------------------------- metrics
-def keras_outputs_fast(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """FP32 Keras outputs through one XLA-compiled function (same numbers as eager, faster)."""
-    import tensorflow as tf
-    @tf.function(jit_compile=True)
-    def fn(x):
-        return model(x, training=False)
-
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        if len(x) < batch_size:  # keep one compiled shape
-            pad = np.zeros((batch_size - len(x),) + x.shape[1:], x.dtype)
-            out.append(np.asarray(fn(np.concatenate([x, pad])), np.float32)[:len(x)])
-        else:
-            out.append(np.asarray(fn(x), np.float32))
-    return np.concatenate(out, axis=0)
-
-
 def fp32_reference(model, data: EvalData) -> Dict:
-    ref_all = keras_outputs_fast(model, data.all_x)
+    ref_all = keras_outputs(model, data.all_x)
     acc = float(np.mean(np.argmax(ref_all[data.is_test], 1) == data.test_y) * 100.0)
     if data.n_test == len(data.full_test_y):
         acc_full = acc
     else:
-        acc_full = float(np.mean(np.argmax(keras_outputs_fast(model, data.full_test_x), 1) == data.full_test_y) * 100)
+        acc_full = float(np.mean(np.argmax(keras_outputs(model, data.full_test_x), 1) == data.full_test_y) * 100)
     return {"all": ref_all, "accuracy": acc, "accuracy_full_test": acc_full}
 
 

@@ -6,7 +6,6 @@ second. Every RetroQError becomes one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -17,6 +16,7 @@ from absl import app, flags
 
 from tflite_retroq.config import InputSpec, QuantizationConfig, SynthesisConfig, SynthesisMode
 from tflite_retroq.errors import ConfigError, ModelError, RetroQError, TFLiteModelError
+from tflite_retroq.io_utils import native_logs_silenced
 
 _DEFAULTS = SynthesisConfig()
 _MODES = [m.value for m in SynthesisMode]
@@ -359,51 +359,13 @@ def main(argv: List[str]) -> int:
                       1, "internal error")
 
 
-@contextlib.contextmanager
-def _native_logs_silenced():
-    """Silence TensorFlow's C++ logs (CLI only, never at package import).
-
-    TF_CPP_MIN_LOG_LEVEL=2 is set before TensorFlow is imported, but some native
-    messages (CUDA probing, converter chatter) bypass it and write to fd 2 directly.
-    At level 2 or 3 the native fd 2 goes to /dev/null while Python's sys.stderr keeps
-    the real stream: progress, warnings and our error line still show. Set
-    TF_CPP_MIN_LOG_LEVEL=0 to see every native log.
-    """
-    level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if level.strip() not in ("2", "3"):
-        yield
-        return
-    old_stderr = sys.stderr
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
-                           errors="backslashreplace")
-    try:
-        yield
-    finally:
-        try:
-            sys.stderr.flush()
-            sys.stderr.close()
-        finally:
-            sys.stderr = old_stderr
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def run(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point."""
     main_module = sys.modules.get("__main__")
     if main_module is not None and not getattr(main_module, "__doc__", None):
         main_module.__doc__ = USAGE  # absl's --helpfull prints it
     warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-    with _native_logs_silenced():
+    with native_logs_silenced():
         app.run(main, argv=argv, flags_parser=_parse_flags)
 
 

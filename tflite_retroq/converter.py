@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from typing import Callable, Iterator, List, Optional, Union
 
 import numpy as np

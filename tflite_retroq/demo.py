@@ -104,8 +104,9 @@ def main(argv):
 
 
 def run():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    from tflite_retroq.io_utils import native_logs_silenced
+    with native_logs_silenced():
+        app.run(main)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,22 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
 
 
 def keras_outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    out = [np.asarray(model(images[i:i + batch_size], training=False), np.float32)
-           for i in range(0, len(images), batch_size)]
+    """Float Keras outputs through one compiled function (eager calls were ~10x slower on ResNets).
+
+    The last batch is zero-padded so a single traced shape serves every batch.
+    """
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    images = np.asarray(images, np.float32)
+    batch_size = min(batch_size, len(images))
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        n = len(x)
+        if n < batch_size:
+            x = np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], x.dtype)])
+        out.append(np.asarray(fn(x), np.float32)[:n])
     return np.concatenate(out, axis=0)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from typing import Callable, Iterator
 
@@ -64,3 +65,41 @@ def write_with(path: str, writer: Callable[[str], None]) -> str:
     with atomic_path(path) as tmp:
         writer(tmp)
     return path
+
+
+@contextlib.contextmanager
+def native_logs_silenced():
+    """Silence TensorFlow's C++ logs in command-line entry points (never at package import).
+
+    TF_CPP_MIN_LOG_LEVEL=2 is set before TensorFlow is imported, but some native
+    messages (CUDA probing, converter chatter) bypass it and write to fd 2 directly.
+    At level 2 or 3 the native fd 2 goes to /dev/null while Python's sys.stderr keeps
+    the real stream: progress, warnings and our error line still show. Set
+    TF_CPP_MIN_LOG_LEVEL=0 to see every native log.
+    """
+    level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if level.strip() not in ("2", "3"):
+        yield
+        return
+    old_stderr = sys.stderr
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
+                           errors="backslashreplace")
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+            sys.stderr.close()
+        finally:
+            sys.stderr = old_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
