@@ -205,10 +205,12 @@ def cmd_synthesize(args: Sequence[str]) -> int:
     data.save(output)
     n = len(data)
     rate = n / seconds if seconds > 0 else float("inf")
+    steady = data.metadata.get("images_per_second")
+    steady_txt = f", {steady:.0f} image-iterations/s after compilation" if steady else ""
     classes = data.metadata.get("num_classes", "?")
     _say(f"synthesized {n} images ({config.mode.value}, {classes} classes x {config.samples_per_class}, "
          f"{data.metadata.get('iterations_run', 0)} iterations, shape {list(data.images.shape[1:])}) "
-         f"in {seconds:.1f} s, {rate:.1f} images/s -> {output}")
+         f"in {seconds:.1f} s, {rate:.1f} images/s{steady_txt} -> {output}")
     return 0
 
 

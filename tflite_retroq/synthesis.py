@@ -154,18 +154,22 @@ class _Progress:
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.t0, self.last = total, enabled, time.perf_counter(), 0.0
+        # On a terminal redraw every 0.2 s; in a log file (no \r redraw) print a line every 10 s.
+        self.tty = sys.stderr.isatty()
+        self.every = 0.2 if self.tty else 10.0
 
     def update(self, i: int, text: str) -> None:
         now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.2 and i != self.total):
+        if not self.enabled or (now - self.last < self.every and i != self.total):
             return
         self.last = now
         frac = i / max(self.total, 1)
         bar = "#" * int(frac * 20)
         eta = (now - self.t0) / max(i, 1) * (self.total - i)
-        sys.stderr.write(f"\rsynthesis [{bar:<20}] {i}/{self.total} {text} eta {eta:4.0f}s")
+        line = f"synthesis [{bar:<20}] {i}/{self.total} {text} eta {eta:4.0f}s"
+        sys.stderr.write(f"\r{line}" if self.tty else f"{line}\n")
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             sys.stderr.write("\n")
