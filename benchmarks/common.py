@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from tflite_retroq.evaluate import keras_outputs  # noqa: E402
+from tflite_retroq.io_utils import write_text  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ZOO = str((REPO_ROOT / ".." / "shared" / "zoo").resolve())
@@ -150,7 +151,7 @@ def write_results(out_dir: str, name: str, title: str, rows: List[Dict], columns
         meta["wall_seconds"] = round(time.perf_counter() - started, 1)
     doc = dict(meta, rows=rows, notes=notes, **(extra or {}))
     jpath, mpath = out / f"{name}.json", out / f"{name}.md"
-    jpath.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+    write_text(str(jpath), json.dumps(_json_safe(doc), indent=2) + "\n")
     md = [f"# {title}", "", f"- command: `{meta['command']}`", f"- date: {meta['date']}",
           f"- machine: {meta['machine']}"]
     if "wall_seconds" in meta:
@@ -162,7 +163,7 @@ def write_results(out_dir: str, name: str, title: str, rows: List[Dict], columns
         md += [notes.strip(), ""]
     if extra_md:
         md += [extra_md.strip(), ""]
-    mpath.write_text("\n".join(md))
+    write_text(str(mpath), "\n".join(md))
     return {"json": str(jpath), "md": str(mpath)}
 
 

@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 from absl import app, flags
 
 from tflite_retroq.config import InputSpec, QuantizationConfig, SynthesisConfig, SynthesisMode
-from tflite_retroq.errors import ConfigError, ModelError, RetroQError, TFLiteModelError
+from tflite_retroq.errors import ConfigError, ModelError, RetroQError
 from tflite_retroq.io_utils import native_logs_silenced
 
 _DEFAULTS = SynthesisConfig()
@@ -259,7 +259,7 @@ def cmd_convert(args: Sequence[str]) -> int:
     seconds["conversion"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
 
-    from tflite_retroq.io_utils import atomic_path
+    from tflite_retroq.io_utils import atomic_path, write_bytes
     if report_path:
         from tflite_retroq import __version__
         from tflite_retroq.report import convert_report, to_json
@@ -280,9 +280,7 @@ def cmd_convert(args: Sequence[str]) -> int:
             with open(tmp_rep, "w", encoding="utf-8") as f:
                 f.write(text)
     else:
-        with atomic_path(output) as tmp_out:
-            with open(tmp_out, "wb") as f:
-                f.write(tflite)
+        write_bytes(output, tflite)
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
     _say(f"wrote {output}: {len(tflite)} bytes ({qcfg.scheme.value}, W{qcfg.weight_bits}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
@@ -297,12 +295,8 @@ def cmd_analyze(args: Sequence[str]) -> int:
 
 def cmd_inspect(args: Sequence[str]) -> int:
     path = _positional("inspect", args, "a .tflite file")
-    if os.path.isdir(path):
-        raise TFLiteModelError(f"{path!r} is a directory; pass the path of a .tflite model.")
-    if not os.path.isfile(path):
-        raise TFLiteModelError(f"TFLite file {path!r} does not exist; pass the path of a .tflite model.")
-    with open(path, "rb") as f:
-        data = f.read()
+    from tflite_retroq.tflite.model import read_bytes
+    data = read_bytes(path)
     from tflite_retroq.tflite.inspect import inspect_model
     info = inspect_model(data)
     if _flag("json"):

@@ -6,7 +6,6 @@ alone (gaussian / zeroq / retro), and compared on held-out real digits.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -63,7 +62,8 @@ def main(argv):
     del argv
     import tflite_retroq as rq
     from tflite_retroq.evaluate import keras_outputs
-    from tflite_retroq.io_utils import write_bytes, write_text
+    from tflite_retroq.io_utils import write_bytes
+    from tflite_retroq.report import write_json
     from tflite_retroq.plots import plot_images, plot_losses
     os.makedirs(FLAGS.out, exist_ok=True)
     t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def main(argv):
     report = {"model": "digits_cnn (sklearn digits, 8x8x1)", "held_out_images": int(len(xte)),
               "train_seconds": t_train, "total_seconds": total, "rows": rows,
               "command": "make demo"}
-    write_text(os.path.join(FLAGS.out, "report.json"), json.dumps(report, indent=2))
+    write_json(os.path.join(FLAGS.out, "report.json"), report)
     print(f"\nDemo: data-free int8 of a digits CNN, {len(xte)} held-out real digits (trained in {t_train:.1f}s)")
     print(f"{'calibration':<26} {'W8A8 %':>7} {'W8 SQNR':>8} {'W4A8 %':>7} {'W4 SQNR':>8} {'synth s':>8} {'img-it/s':>9}")
     for r in rows:

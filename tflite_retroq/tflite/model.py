@@ -39,12 +39,19 @@ def read(data: bytes):
                                "convert the model again.") from None
 
 
-def read_file(path: str):
+def read_bytes(path: str) -> bytes:
+    """The raw bytes of a .tflite file, or TFLiteModelError naming what is wrong with the path."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise TFLiteModelError(f"{path!r} is a directory; pass the path of a .tflite model.")
     if not os.path.isfile(path):
         raise TFLiteModelError(f"TFLite file {path!r} does not exist; pass the path of a .tflite model.")
     with open(path, "rb") as f:
-        return read(f.read())
+        return f.read()
+
+
+def read_file(path: str):
+    return read(read_bytes(path))
 
 
 def compact_buffers(model) -> None:
