@@ -14,7 +14,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel"],
+        # DSP/NPU targets: Arm's Ethos-U compiler and the TFLite Micro runtime + LUT compression.
+        "targets": ["ethos-u-vela", "tflite-micro"],
+        "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel", "ethos-u-vela", "tflite-micro"],
     },
     entry_points={"console_scripts": ["retroq=tflite_retroq.cli:run"]},
 )
