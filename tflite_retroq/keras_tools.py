@@ -39,10 +39,45 @@ def load_model(path: str):
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many types for a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path!r} could not be loaded as a Keras model ({first[:200]}); "
-                         "save it with model.save('model.keras') and avoid Lambda layers.") from None
+        model = _load_legacy(keras, path, e)
+        if model is None:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{path!r} could not be loaded as a Keras model ({first[:200]}); "
+                             "save it with model.save('model.keras') and avoid Lambda layers.") from None
     return model
+
+
+def _legacy_objects(keras) -> Dict[str, type]:
+    """Keras 3 layers that accept the config keys Keras 2 wrote and Keras 3 no longer knows.
+
+    Only known, harmless differences: `groups` on DepthwiseConv2D (always 1 in Keras 2,
+    where depthwise has no grouping). The layers are otherwise the stock ones.
+    """
+
+    class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+        def __init__(self, *args, groups=1, **kwargs):
+            if groups not in (1, None):
+                raise ValueError(f"DepthwiseConv2D with groups={groups} has no Keras 3 equivalent")
+            super().__init__(*args, **kwargs)
+
+    return {"DepthwiseConv2D": DepthwiseConv2D}
+
+
+def _load_legacy(keras, path: str, error: Exception):
+    """A Keras 2 `.h5` whose only obstacle is a known config difference, still safe_mode=True."""
+    if not path.endswith((".h5", ".hdf5")) or "groups" not in str(error):
+        return None
+    legacy = _legacy_objects(keras)
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True, custom_objects=legacy)
+        # Back to stock Keras 3 layers, so the model saves and reloads without our classes.
+        stock = {cls: getattr(keras.layers, name) for name, cls in legacy.items()}
+        clean = keras.models.clone_model(
+            model, clone_function=lambda layer: stock.get(type(layer), type(layer)).from_config(layer.get_config()))
+        clean.set_weights(model.get_weights())
+    except Exception:
+        return None
+    return clean
 
 
 def as_model(model_or_path):

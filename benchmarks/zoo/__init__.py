@@ -1,5 +1,7 @@
 """Pretrained reference models (read from the shared zoo, never copied into the repo)."""
 
+from . import mlperf
+
 from .cifar_resnet import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -11,6 +13,7 @@ from .cifar_resnet import (
 )
 
 __all__ = [
+    "mlperf",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "DEPTHS",
