@@ -286,9 +286,10 @@ def test_user_converter_with_representative_dataset_hook(bn_model, calib, heldou
 
 def test_convert_accepts_array_and_generator(bn_model, calib, calibrated):
     ref = rq.quantize_calibrated(calibrated, "per-channel")
-    from_array = rq.convert(bn_model, calib.images)
+    # Arrays and generators are the user's own data: the logits keep their calibrated range unless asked.
+    from_array = rq.convert(bn_model, calib.images, logit_range="reachable")
     gen = calib.representative_dataset()
-    from_gen = rq.convert(bn_model, gen)
+    from_gen = rq.convert(bn_model, gen, logit_range="reachable")
     x = calib.images[:4]
     np.testing.assert_array_equal(rq.run_tflite(from_array, x), rq.run_tflite(ref, x))
     np.testing.assert_array_equal(rq.run_tflite(from_gen, x), rq.run_tflite(ref, x))

@@ -25,10 +25,11 @@ _NOT_YET = "is not implemented yet in this version; use --scheme per-channel or 
 USAGE = f"""retroq: data-free full-integer int8 TFLite quantization of Keras image classifiers.
 
 usage:
-  retroq synthesize MODEL.keras -o DATA.npz [--mode retro|zeroq|gaussian] [--samples N]
-                    [--iterations N] [--seed S] [input flags] [--quiet]
+  retroq synthesize MODEL.keras -o DATA.npz [--mode retro|zeroq|gaussian] [--images N | --samples N]
+                    [--batch-size N] [--iterations N] [--seed S] [input flags] [--quiet]
   retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
-                    [--samples N] [--iterations N] [--seed S] [--scheme per-channel|per-tensor]
+                    [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
+                    [--scheme per-channel|per-tensor]
                     [--weight-bits 8|6|4] [--io int8|float] [--report REPORT.json]
                     [input flags] [--quiet]
   retroq analyze    MODEL.keras [--data-file DATA.npz] -o DIR      (not implemented yet)
@@ -43,13 +44,20 @@ commands:
 synthesis flags (synthesize, and convert without --data-file):
   --mode / --data  retro (BN statistics + class loss, default), zeroq (no class loss),
                    gaussian (plain noise, no optimization)
-  --samples N      images per class (default {_DEFAULTS.samples_per_class})
-  --iterations N   optimization steps (default {_DEFAULTS.iterations})
+  --images N       total images, spread over the classes (default {_DEFAULTS.DEFAULT_IMAGES})
+  --samples N      images per class instead (balanced classes; N x classes images)
+  --batch-size N   images optimized together (default: chosen from the model's activation memory
+                   and free memory; BatchNorm statistics are matched per batch)
+  --iterations N   optimization steps per batch (default {_DEFAULTS.DEFAULT_ITERATIONS})
+  --time-budget S  seconds synthesis may take (default {_DEFAULTS.time_budget:g}; 0 = no limit): measured
+                   from the first steps, default iterations then images shrink to fit (never below
+                   {_DEFAULTS.MIN_ITERATIONS} iterations x {_DEFAULTS.MIN_IMAGES} images); explicit --images/--iterations are kept
   --seed S         random seed (default {_DEFAULTS.seed})
   --quiet          no progress bar on stderr
 
 input flags (how the model input relates to pixels; default: detected from a
-Rescaling/Normalization front layer, else N(0, 1)):
+Rescaling/Normalization front layer, else inferred from the first BatchNorm's running
+statistics, else N(0, 1) with a warning; the space used is printed and recorded):
   --input-mean a,b,c --input-std a,b,c   model_input = (pixel - mean) / std
   --input-range LO,HI                    the model takes raw pixels in [LO, HI]
 
@@ -75,8 +83,11 @@ flags.DEFINE_string("output", None, "Output path (.npz for synthesize, .tflite f
 flags.DEFINE_enum("mode", _DEFAULTS.mode.value, _MODES, "synthesize: synthesis mode.")
 flags.DEFINE_enum("data", None, _MODES, "convert: synthesize calibration data in this mode (default retro).")
 flags.DEFINE_string("data-file", None, "convert/analyze: calibration dataset (.npz) from `retroq synthesize`.")
-flags.DEFINE_integer("samples", None, f"Images per class (default {_DEFAULTS.samples_per_class}).")
-flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {_DEFAULTS.iterations}).")
+flags.DEFINE_integer("images", None, f"Total synthetic images (default {_DEFAULTS.DEFAULT_IMAGES}).")
+flags.DEFINE_integer("samples", None, "Images per class instead of a total (balanced classes).")
+flags.DEFINE_integer("batch-size", None, "Images optimized together (default: from memory).")
+flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {_DEFAULTS.DEFAULT_ITERATIONS}).")
+flags.DEFINE_float("time-budget", None, f"Synthesis seconds (default {_DEFAULTS.time_budget:g}; 0 = no limit).")
 flags.DEFINE_integer("seed", None, f"Random seed (default {_DEFAULTS.seed}).")
 flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid"],
                   "convert: weight quantization scheme (hybrid is not implemented yet).")
@@ -92,7 +103,7 @@ flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in thi
 flags.DEFINE_boolean("quiet", False, "No progress bar on stderr.")
 flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
 
-_SYNTH = ("samples", "iterations", "seed")
+_SYNTH = ("images", "samples", "batch-size", "iterations", "time-budget", "seed")
 _INPUT = ("input-mean", "input-std", "input-range")
 _ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *_SYNTH, *_INPUT},
@@ -147,16 +158,23 @@ def _input_spec() -> Optional[InputSpec]:
 
 def _synthesis_config(mode: str) -> SynthesisConfig:
     kw = {"mode": mode}
-    for flag, field in (("samples", "samples_per_class"), ("iterations", "iterations"), ("seed", "seed")):
+    for flag, field in (("images", "images"), ("samples", "samples_per_class"), ("batch-size", "batch_size"),
+                        ("iterations", "iterations"), ("seed", "seed")):
         if _flag(flag) is not None:
             kw[field] = _flag(flag)
+    if _flag("time-budget") is not None:
+        kw["time_budget"] = _flag("time-budget") or None
     if kw.get("seed", 0) < 0:
         raise ConfigError(f"--seed {kw['seed']} must be >= 0.")
     try:
         return SynthesisConfig(**kw)
     except ConfigError as e:  # name the flag, not the dataclass field
-        msg = str(e).replace("samples_per_class=", "--samples ").replace("iterations=", "--iterations ")
-        raise ConfigError(msg.replace("seed=", "--seed ")) from None
+        msg = str(e)
+        for field, flag in (("samples_per_class", "--samples"), ("images", "--images"), ("batch_size", "--batch-size"),
+                            ("iterations", "--iterations"), ("seed", "--seed")):
+            msg = msg.replace(f"{field}=", f"{flag} ").replace("time_budget=", "--time-budget ")
+        raise ConfigError(msg.replace("images (a total budget)", "--images").replace(
+            "samples_per_class (balanced per class)", "--samples")) from None
 
 
 def _check_model_file(path: str) -> str:
@@ -187,6 +205,12 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
+def _say_input_space(model, spec: Optional[InputSpec]) -> None:
+    """The one assumption a data-free tool cannot check against data: say it before synthesizing."""
+    from tflite_retroq.keras_tools import resolve_input_space
+    _say(f"input space: {resolve_input_space(model, spec).source}")
+
+
 # ----------------------------------------------------------------------------- commands
 
 def cmd_synthesize(args: Sequence[str]) -> int:
@@ -199,6 +223,7 @@ def cmd_synthesize(args: Sequence[str]) -> int:
 
     from tflite_retroq.synthesis import synthesize
     model = _load_model(model_path)
+    _say_input_space(model, spec)
     t0 = time.perf_counter()
     data = synthesize(model, config, input_spec=spec, progress=not _flag("quiet"))
     seconds = time.perf_counter() - t0
@@ -208,9 +233,10 @@ def cmd_synthesize(args: Sequence[str]) -> int:
     steady = data.metadata.get("images_per_second")
     steady_txt = f", {steady:.0f} image-iterations/s after compilation" if steady else ""
     classes = data.metadata.get("num_classes", "?")
-    _say(f"synthesized {n} images ({config.mode.value}, {classes} classes x {config.samples_per_class}, "
-         f"{data.metadata.get('iterations_run', 0)} iterations, shape {list(data.images.shape[1:])}) "
-         f"in {seconds:.1f} s, {rate:.1f} images/s{steady_txt} -> {output}")
+    plan = data.metadata.get("plan", {})
+    _say(f"synthesized {n} images ({config.mode.value}, {classes} classes, {plan.get('batches', 1)} batches of "
+         f"<= {plan.get('batch_size', n)}, {data.metadata.get('iterations_run', 0)} iterations, shape "
+         f"{list(data.images.shape[1:])}) in {seconds:.1f} s, {rate:.1f} images/s{steady_txt} -> {output}")
     return 0
 
 
@@ -252,6 +278,7 @@ def cmd_convert(args: Sequence[str]) -> int:
     t0 = time.perf_counter()
     if dataset is None:
         from tflite_retroq.synthesis import synthesize
+        _say_input_space(model, spec)
         dataset = synthesize(model, scfg, input_spec=spec, progress=not _flag("quiet"))
         seconds["synthesis"] = time.perf_counter() - t0
     t1 = time.perf_counter()

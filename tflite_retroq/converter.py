@@ -14,7 +14,7 @@ import numpy as np
 
 from tflite_retroq.config import IOType, QuantizationConfig, Scheme
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import DataError, RetroQError
+from tflite_retroq.errors import ConfigError, DataError, RetroQError
 from tflite_retroq.keras_tools import as_model, validate_classifier
 
 RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[List[np.ndarray]]]]
@@ -51,9 +51,21 @@ def _keras_converter(model):
         return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
-def calibrate(model, data: RepresentativeData) -> bytes:
-    """Float .tflite with BN folded and activation min/max recorded from `data`."""
+LOGIT_RANGE_MODES = ("auto", "reachable", "calibrated")
+
+
+def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", return_info: bool = False):
+    """Float .tflite with BN folded and activation min/max recorded from `data`.
+
+    `logit_range`: "reachable" widens the logits' range to what the classifier can reach over
+    the feature ranges seen in `data` (synthetic images are never as confident as real ones,
+    so min/max clips the deciding logit; see tflite/ranges.py); "calibrated" keeps min/max;
+    "auto" widens for synthetic datasets only. With return_info, returns (bytes, LogitRange|None).
+    """
     import tensorflow as tf
+    from tflite_retroq.tflite.ranges import widen_logit_range
+    if logit_range not in LOGIT_RANGE_MODES:
+        raise ConfigError(f"logit_range={logit_range!r} is not valid; choose one of {', '.join(LOGIT_RANGE_MODES)}.")
     model = as_model(model)
     info = validate_classifier(model)
     conv = _keras_converter(model)
@@ -62,10 +74,23 @@ def calibrate(model, data: RepresentativeData) -> bytes:
     conv._experimental_calibrate_only = True
     try:
         with _quiet():
-            return bytes(conv.convert())
+            calibrated = bytes(conv.convert())
     except Exception as e:
         raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}); "
                           "the model may use an operator TFLite cannot convert.") from None
+    synthetic = isinstance(data, SyntheticDataset) and data.mode not in ("real", "unknown")
+    widened = None
+    if logit_range == "reachable" or (logit_range == "auto" and synthetic):
+        images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)
+        calibrated, widened = widen_logit_range(calibrated, images)
+    return (calibrated, widened) if return_info else calibrated
+
+
+def _images_of(data: RepresentativeData, input_shape) -> np.ndarray:
+    """The calibration images behind an array or a generator function (for the logit-range pass)."""
+    if isinstance(data, np.ndarray):
+        return data.astype(np.float32)
+    return np.concatenate([np.asarray(batch[0], np.float32).reshape((-1,) + tuple(input_shape)) for batch in data()])
 
 
 def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.PER_CHANNEL,
@@ -101,17 +126,18 @@ def _check_fully_integer(model_bytes: bytes) -> None:
 
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
-            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None) -> bytes:
+            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto") -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
     tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
-    `calibrate`) to skip calibration when producing several variants.
+    `calibrate`) to skip calibration when producing several variants. `logit_range`: see
+    `calibrate`.
     """
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     if calibrated is None:
-        calibrated = calibrate(model, data)
+        calibrated = calibrate(model, data, logit_range=logit_range)
     quantized = quantize_calibrated(calibrated, cfg.scheme, cfg.io)
     if cfg.weight_bits != 8:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)

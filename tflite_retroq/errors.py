@@ -31,3 +31,7 @@ class OutputError(RetroQError):
 
 class ConfigError(RetroQError):
     """Options that are invalid or conflict with each other."""
+
+
+class ResourceError(RetroQError):
+    """The work does not fit in memory (or another machine resource); the message says what to lower."""

@@ -207,7 +207,12 @@ def _detect(model, channels: int) -> InputSpace:
     front = _front_layers(model)
     ones = np.ones(channels)
     if not front:
-        return InputSpace((0.0,) * channels, (1.0,) * channels, None, None, "default: N(0, 1), no preprocessing layer found")
+        inferred = infer_input_space_from_bn(model, channels)
+        if inferred is not None:
+            return inferred
+        return InputSpace((0.0,) * channels, (1.0,) * channels, None, None,
+                          "assumed: N(0, 1) per channel (no preprocessing layer, no BatchNorm to infer the input "
+                          "scale from); pass --input-range LO,HI or --input-mean/--input-std if the model takes pixels")
     # Compose the front as an affine map post = a * x + b per channel.
     a, b, lo, hi = ones.copy(), np.zeros(channels), None, None
     norm_seen = False
@@ -239,6 +244,89 @@ def _detect(model, channels: int) -> InputSpace:
     # post = a * x + b is the normalized space: z = post, x = (z - b) / a.
     return InputSpace(tuple(-b / a), tuple(1.0 / a), None if lo is None else tuple(lo),
                       None if hi is None else tuple(hi), src)
+
+
+# Pixel conventions the BN inference may recognize, narrowest first.
+_CONVENTIONS = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (-128.0, 127.0))
+
+
+def _first_bn_response(model, x: np.ndarray):
+    """(BN layer, mean [N, C_out], values [N, pixels, C_out]) of the first BatchNorm's input."""
+    with bn_taps(model) as taps:
+        model(x, training=False)
+        if not taps:
+            return None
+        layer, t = taps[0]
+    # Whole images: zero padding at the border affects the probes exactly as it affected the
+    # running statistics during training, so it cancels out of the fit.
+    t = np.asarray(t, np.float64)
+    flat = t.reshape(t.shape[0], -1, t.shape[-1])
+    return layer, flat.mean(axis=1), flat
+
+
+def infer_input_space_from_bn(model, channels: int) -> Optional["InputSpace"]:
+    """The real input's per-channel mean and std, read from the first BatchNorm's running statistics.
+
+    Valid when the first BatchNorm's input is an affine function of the image (conv is
+    linear): its running mean is A @ mean + c, solved by least squares; its running
+    variance is modelled as alpha * (sum of the filter)^2 + beta * ||filter||^2 (pixels
+    fully correlated / independent), fitted non-negatively, so std^2 = alpha + beta. A
+    standard pixel range (narrowest of [0,1], [-1,1], [0,255], [-128,127]) is adopted
+    when the inferred distribution sits inside it. None when no such BatchNorm exists.
+    """
+    hw = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    eye = np.eye(channels)
+    probes = [np.zeros(channels)] + [e for e in eye] + [-e for e in eye] + [np.ones(channels)]
+    x = np.stack([np.broadcast_to(p, hw + (channels,)) for p in probes]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((8,) + hw + (channels,)).astype(np.float32)
+    got = _first_bn_response(model, np.concatenate([x, noise]))
+    if got is None:
+        return None
+    layer, means, flat = got
+    c0 = means[0]
+    A = np.stack([means[1 + i] - c0 for i in range(channels)], axis=1)          # [C_out, C_in]
+    A_neg = np.stack([means[1 + channels + i] - c0 for i in range(channels)], axis=1)
+    scale = np.max(np.abs(A)) + 1e-12
+    if not np.allclose(A_neg, -A, atol=1e-3 * scale, rtol=1e-3):
+        return None  # not affine in the input (an activation before the first BatchNorm): cannot infer
+    mu_r, sd_r = (np.asarray(a, np.float64) for a in bn_targets(layer))
+    m, *_ = np.linalg.lstsq(A, mu_r - c0, rcond=None)
+    # Variance basis per output channel: fully correlated pixels (a constant image) and independent pixels.
+    corr = (means[1 + 2 * channels] - c0) ** 2
+    iid = np.mean((flat[-8:] - c0[None, None, :]) ** 2, axis=(0, 1))
+    var = sd_r ** 2 - float(layer.epsilon)
+    B = np.stack([corr, iid], axis=1)
+    coef = _nnls2(B, var)
+    std = float(np.sqrt(max(coef.sum(), 0.0)))
+    if not np.all(np.isfinite(m)) or not np.isfinite(std) or std <= 0:
+        return None
+    desc = (f"inferred from BatchNorm {layer.name!r} running statistics: input mean "
+            f"{'/'.join(f'{v:.3g}' for v in m)}, std {std:.3g}")
+    for lo, hi in _CONVENTIONS:
+        w = hi - lo
+        if np.all(m - std >= lo - 0.1 * w) and np.all(m + std <= hi + 0.1 * w) and 0.05 * w <= std <= 0.4 * w:
+            return InputSpace(tuple(np.clip(m, lo, hi)), (std,) * channels, (lo,) * channels, (hi,) * channels,
+                              f"{desc} -> pixels in [{lo:g}, {hi:g}]")
+    return InputSpace(tuple(m), (std,) * channels, None, None, f"{desc} -> normalized input, no pixel range")
+
+
+def _nnls2(B: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares with two unknowns (closed form over the active sets)."""
+    best, best_err = np.zeros(2), np.inf
+    cands = [np.linalg.lstsq(B, y, rcond=None)[0]]
+    for j in range(2):
+        col = B[:, j]
+        d = float(col @ col)
+        c = np.zeros(2)
+        c[j] = max(float(col @ y) / d, 0.0) if d > 0 else 0.0
+        cands.append(c)
+    for c in cands:
+        if np.all(c >= 0):
+            err = float(np.sum((B @ c - y) ** 2))
+            if err < best_err:
+                best, best_err = c, err
+    return best
 
 
 # ----------------------------------------------------------------------------- BatchNorm taps
