@@ -282,7 +282,15 @@ def cmd_convert(args: Sequence[str]) -> int:
         dataset = synthesize(model, scfg, input_spec=spec, progress=not _flag("quiet"))
         seconds["synthesis"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io)
+    from tflite_retroq.converter import calibrate
+    calibrated, logit_range = calibrate(model, dataset, return_info=True)
+    if logit_range is not None and logit_range.widened != logit_range.calibrated:
+        lo, hi = logit_range.calibrated
+        _say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
+             f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
+             "than real ones)")
+    tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
+                     calibrated=calibrated)
     seconds["conversion"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
 
@@ -293,7 +301,8 @@ def cmd_convert(args: Sequence[str]) -> int:
         from tflite_retroq.tflite.inspect import inspect_model
         meta = dict(dataset.metadata)
         synthesis = dict(meta, num_images=len(dataset),
-                         final_loss={k: v[-1] for k, v in dataset.loss_history.items() if v})
+                         final_loss={k: v[-1] for k, v in dataset.loss_history.items() if v},
+                         logit_range=logit_range.to_dict() if logit_range is not None else None)
         source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
                   else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
         text = to_json(convert_report(

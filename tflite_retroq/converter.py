@@ -22,12 +22,14 @@ RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[L
 
 @contextlib.contextmanager
 def _quiet():
-    """The converter prints a SavedModel summary to stdout and INFO logs; keep our output readable."""
+    """The converter prints a SavedModel summary to stdout, INFO logs and native chatter
+    (`fully_quantize: 0, ...`) to fd 2; keep the API as quiet as the CLI."""
     from absl import logging as absl_logging
+    from tflite_retroq.io_utils import library_quiet
     level = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), library_quiet():
             yield
     finally:
         absl_logging.set_verbosity(level)

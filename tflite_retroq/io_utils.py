@@ -68,6 +68,25 @@ def write_with(path: str, writer: Callable[[str], None]) -> str:
 
 
 @contextlib.contextmanager
+def library_quiet():
+    """Keep the Python API as quiet as the CLI during a short TensorFlow/LiteRT call.
+
+    Python warnings (Keras input-name chatter, TF deprecations) are dropped inside the block,
+    and native writes to fd 2 (`fully_quantize: 0, ...`, XNNPACK INFO lines) go to /dev/null
+    unless the user asked for native logs with TF_CPP_MIN_LOG_LEVEL=0 or 1. Never sets the
+    environment. sys.stderr keeps the real stream, so our own messages still show.
+    """
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
+            yield
+            return
+        with _fd2_to_devnull():
+            yield
+
+
+@contextlib.contextmanager
 def native_logs_silenced():
     """Silence TensorFlow's C++ logs in command-line entry points (never at package import).
 
@@ -81,6 +100,13 @@ def native_logs_silenced():
     if level.strip() not in ("2", "3"):
         yield
         return
+    with _fd2_to_devnull():
+        yield
+
+
+@contextlib.contextmanager
+def _fd2_to_devnull():
+    """Native fd 2 to /dev/null; Python's sys.stderr on a duplicate of the real stream."""
     old_stderr = sys.stderr
     try:
         sys.stderr.flush()

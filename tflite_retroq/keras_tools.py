@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import types
+import warnings
 import zipfile
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -37,7 +38,9 @@ def load_model(path: str):
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
         raise ModelError(f"{path!r} is not a valid .keras archive (corrupt or truncated); save it again with model.save().")
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        from tflite_retroq.io_utils import library_quiet
+        with library_quiet():  # Keras 2 files warn about compile state; TF probes devices on first use
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many types for a bad file
         model = _load_legacy(keras, path, e)
         if model is None:
@@ -124,7 +127,9 @@ def validate_classifier(model) -> ModelInfo:
 def _outputs_probabilities(model, hwc) -> bool:
     """Softmax output? Decide numerically so nested models and Activation layers both count."""
     rng = np.random.default_rng(0)
-    y = np.asarray(model(rng.normal(size=(4,) + tuple(hwc)).astype(np.float32), training=False))
+    from tflite_retroq.io_utils import library_quiet
+    with library_quiet():  # Keras input-name warnings; TF's device probing on the first op writes to fd 2
+        y = np.asarray(model(rng.normal(size=(4,) + tuple(hwc)).astype(np.float32), training=False))
     return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-4))
 
 
@@ -252,7 +257,8 @@ _CONVENTIONS = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (-128.0, 127.0))
 
 def _first_bn_response(model, x: np.ndarray):
     """(BN layer, mean [N, C_out], values [N, pixels, C_out]) of the first BatchNorm's input."""
-    with bn_taps(model) as taps:
+    with bn_taps(model) as taps, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         model(x, training=False)
         if not taps:
             return None

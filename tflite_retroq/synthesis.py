@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from tflite_retroq.config import InputSpec, SynthesisConfig, SynthesisMode
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import ResourceError
+from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.keras_tools import (InputSpace, as_model, bn_layers, bn_targets, bn_taps,
                                        resolve_input_space, validate_classifier)
 from tflite_retroq import resources
@@ -105,11 +107,12 @@ def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape
             f"{resources.fmt_bytes(budget)} memory budget; lower --images (or --samples).")
     source = "as configured"
     if rate and iters and config.time_budget is not None and n * iters / rate > config.time_budget:
+        # Coarse steps (10 iterations, 32 images) so small speed differences rarely change the plan.
         work = config.time_budget * rate
         if config.iterations is None:
-            iters = int(max(min(SynthesisConfig.MIN_ITERATIONS, iters), min(iters, work // n)))
+            iters = int(max(min(SynthesisConfig.MIN_ITERATIONS, iters), min(iters, work // n // 10 * 10)))
         if config.images is None and config.samples_per_class is None and n * iters > work:
-            n = int(max(min(SynthesisConfig.MIN_IMAGES, n), min(n, work // iters)))
+            n = int(max(min(SynthesisConfig.MIN_IMAGES, n), min(n, work // iters // 32 * 32)))
         source = (f"time budget {config.time_budget:g} s at {rate:.0f} image-iterations/s: {n} images x {iters} "
                   f"iterations (pass --images/--iterations to fix them)")
     bs, bs_src = _batch_size(config, n, per_image, budget, image_bytes)
@@ -133,6 +136,20 @@ def synthesize(model, config: Optional[SynthesisConfig] = None, *, input_spec: O
     """
     config = config or SynthesisConfig()
     model = as_model(model)
+    with warnings.catch_warnings():  # Keras/TF chatter; the warnings that matter are ours, one line each
+        warnings.simplefilter("ignore")
+        data = _synthesize(model, config, input_spec, progress)
+    source = data.metadata["input_space"]["source"]
+    if source.startswith("assumed"):
+        warnings.warn(InputSpaceWarning(f"input space {source}"), stacklevel=2)
+    return data
+
+
+class InputSpaceWarning(UserWarning):
+    """The input space had to be assumed (nothing in the model tells it): check it is right."""
+
+
+def _synthesize(model, config: SynthesisConfig, input_spec: Optional[InputSpec], progress: bool) -> SyntheticDataset:
     info = validate_classifier(model)
     space = resolve_input_space(model, input_spec)
     plan = plan_synthesis(model, config, info.num_classes, info.input_shape)
@@ -276,7 +293,11 @@ class _Optimizer:
         t_steady, w_steady = 0.0, 0
         for i in range(iterations):
             ts = time.perf_counter()
-            z, m, v, lv = self.step(z, m, v, tf.constant(float(i + 1)), tgt)
+            if n in self.compiled:
+                z, m, v, lv = self.step(z, m, v, tf.constant(float(i + 1)), tgt)
+            else:
+                with library_quiet():  # the first call traces and XLA-compiles: native INFO lines on fd 2
+                    z, m, v, lv = self.step(z, m, v, tf.constant(float(i + 1)), tgt)
             losses[i] = lv.numpy()
             if n in self.compiled:
                 t_steady += time.perf_counter() - ts

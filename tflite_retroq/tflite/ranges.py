@@ -71,19 +71,21 @@ def find_logits(model) -> Optional[Tuple[int, List[int]]]:
 def _feature_ranges(calibrated: bytes, images: np.ndarray, tensor: int) -> Tuple[np.ndarray, np.ndarray]:
     """Per-channel min and max of tensor `tensor` of the float model over `images`."""
     from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_content=bytes(calibrated), experimental_preserve_all_tensors=True, num_threads=None)
-    inp = it.get_input_details()[0]
+    from tflite_retroq.io_utils import library_quiet
     lo = hi = None
-    for start in range(0, len(images), 64):
-        x = np.asarray(images[start:start + 64], np.float32)
-        it.resize_tensor_input(inp["index"], list(x.shape))
-        it.allocate_tensors()
-        it.set_tensor(inp["index"], x)
-        it.invoke()
-        a = np.asarray(it.get_tensor(tensor), np.float64)
-        a = a.reshape(-1, a.shape[-1])
-        lo = a.min(0) if lo is None else np.minimum(lo, a.min(0))
-        hi = a.max(0) if hi is None else np.maximum(hi, a.max(0))
+    with library_quiet():  # a short call; XNNPACK announces itself on fd 2
+        it = Interpreter(model_content=bytes(calibrated), experimental_preserve_all_tensors=True, num_threads=None)
+        inp = it.get_input_details()[0]
+        for start in range(0, len(images), 64):
+            x = np.asarray(images[start:start + 64], np.float32)
+            it.resize_tensor_input(inp["index"], list(x.shape))
+            it.allocate_tensors()
+            it.set_tensor(inp["index"], x)
+            it.invoke()
+            a = np.asarray(it.get_tensor(tensor), np.float64)
+            a = a.reshape(-1, a.shape[-1])
+            lo = a.min(0) if lo is None else np.minimum(lo, a.min(0))
+            hi = a.max(0) if hi is None else np.maximum(hi, a.max(0))
     return lo, hi
 
 
