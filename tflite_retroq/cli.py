@@ -350,6 +350,17 @@ def _parse_flags(argv: List[str]) -> List[str]:
         sys.exit(_error(e))
 
 
+def _show_warnings(caught) -> None:
+    """Python warnings raised during a successful command, one line each, without repeats."""
+    seen = set()
+    for w in caught:
+        line = " ".join(str(w.message).split())
+        if line and line not in seen:
+            seen.add(line)
+            sys.stderr.write(f"retroq: warning: {line}\n")
+    sys.stderr.flush()
+
+
 def _out_of_memory_message(command: str) -> str:
     """What to lower, naming only flags this build of the CLI has."""
     knobs = [f"--{n}" for n in ("batch-size", "samples", "images") if n in FLAGS and n in _ALLOWED.get(command, ())]
@@ -366,7 +377,10 @@ def main(argv: List[str]) -> int:
         if command not in _HANDLERS:
             raise _UsageError(f"unknown command {command!r}; choose one of {', '.join(_COMMANDS)}.")
         _check_flags_apply(command)
-        return _HANDLERS[command](rest)
+        with warnings.catch_warnings(record=True) as caught:  # the filters in force still apply
+            code = _HANDLERS[command](rest)
+        _show_warnings(caught)  # on success only: after an error, its one line says it all
+        return code
     except RetroQError as e:
         return _error(e)
     except KeyboardInterrupt:

@@ -37,9 +37,9 @@ def _shorten(text: str, limit: int = 240) -> str:
 
 
 def _load_reason(error: Exception) -> str:
-    """The informative part of a Keras load error: its first line, else the exception type."""
-    lines = [l for l in str(error).strip().splitlines() if l.strip()]
-    return _shorten(lines[0]) if lines else type(error).__name__
+    """A Keras load error on one line, cut at a word (its first line alone is often only a preamble)."""
+    text = " ".join(str(error).split())
+    return _shorten(text) if text else type(error).__name__
 
 
 def load_model(path: str):
