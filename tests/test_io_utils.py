@@ -281,3 +281,63 @@ def test_float32_model_refuses_clearly_when_it_cannot_clone():
         keras.mixed_precision.set_global_policy(old)
     with pytest.raises(rq.ModelError, match="mixed_float16.*float32"):
         float32_model(m)
+
+
+# ----------------------------------------------------------------------------- model refusals (API)
+
+def _small(keras, in_dtype="float32"):
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((8, 8, 3), dtype=in_dtype)
+    x = keras.layers.Conv2D(4, 3, name="conv")(keras.layers.Rescaling(1 / 255)(inp))
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    return keras.Model(inp, keras.layers.Dense(3, name="fc")(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def _negative_variance(keras):
+    m = _small(keras)
+    m.get_layer("bn").moving_variance.assign(np.array([1.0, 1.0, -1e-3, 1.0], np.float32))
+    return m
+
+
+def _huge(keras):
+    m = _small(keras)
+    m.get_layer("fc").kernel.assign(np.full((4, 3), 3e20, np.float32))
+    return m
+
+
+def _one_hot(keras):
+    inp = keras.Input((8, 8, 3))
+    scores = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inp))
+    return keras.Model(inp, keras.ops.one_hot(keras.ops.argmax(scores, axis=-1), 3))
+
+
+def _unbuilt(keras):
+    return keras.Sequential([keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("builder, needle", [
+    (_negative_variance, r"'bn' has a negative moving variance \(-0.001 at channel 2\)"),
+    (_huge, r"fc/kernel has values as large as 3e\+20"),
+    (lambda keras: _small(keras, "int32"), "input has dtype int32"),
+    (_one_hot, "one-hot class decisions"),
+    (_unbuilt, "saved unbuilt"),
+], ids=["negative_variance", "huge_weights", "int_input", "one_hot", "unbuilt"])
+def test_validate_refuses_with_the_real_cause(builder, needle):
+    import keras
+    import warnings
+    from tflite_retroq.keras_tools import validate_classifier
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no NumPy warning on the way to the error
+        with pytest.raises(rq.ModelError, match=needle):
+            validate_classifier(builder(keras))
+
+
+def test_dead_relu_output_is_not_mistaken_for_one_hot():
+    import keras
+    from tflite_retroq.keras_tools import validate_classifier
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    dense = keras.layers.Dense(3, activation="relu")
+    model = keras.Model(inp, dense(x))
+    dense.set_weights([np.zeros((3, 3), np.float32), np.full(3, -1.0, np.float32)])  # always exactly 0
+    assert validate_classifier(model).num_classes == 3

@@ -235,8 +235,8 @@ def _outputs_probabilities(model, hwc) -> bool:
     if not np.all(np.isfinite(y)):
         raise ModelError("The model outputs NaN or inf on random inputs; its weights overflow float32. Fix or "
                          "retrain the model before quantizing.")
-    if np.all(y == np.round(y)):
-        raise ModelError("The model outputs whole numbers (one-hot or argmax class decisions), not class scores: "
+    if np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
+        raise ModelError("The model outputs one-hot class decisions (e.g. one_hot(argmax)), not class scores: "
                          "they have no gradient to synthesize from and no int8 kernel. Pass the model without "
                          "its final argmax / one-hot step (ending in logits or softmax).")
     return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-4))
