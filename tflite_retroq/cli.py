@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 from absl import app, flags
 
 from tflite_retroq.config import InputSpec, QuantizationConfig, SynthesisConfig, SynthesisMode
-from tflite_retroq.errors import ConfigError, ModelError, RetroQError
+from tflite_retroq.errors import ConfigError, ModelError, RetroQError, is_out_of_memory
 from tflite_retroq.io_utils import native_logs_silenced
 
 _DEFAULTS = SynthesisConfig()
@@ -103,6 +103,22 @@ flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in thi
 flags.DEFINE_boolean("quiet", False, "No progress bar on stderr.")
 flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
 
+# Absurd integers are refused while the flags are parsed (one line, exit 2), before they can
+# overflow a C long or ask for terabytes. The limits are far above any sensible run.
+_INT_LIMITS = {"samples": (1, 1_000_000, "images per class"), "images": (1, 10_000_000, "synthetic images"),
+               "batch-size": (1, 1_000_000, "images per batch"), "iterations": (0, 1_000_000, "optimization steps"),
+               "seed": (0, 2**32 - 1, "the random seed")}
+
+
+def _register_int_limits() -> None:
+    for name, (lo, hi, what) in _INT_LIMITS.items():
+        flags.register_validator(
+            name, lambda v, lo=lo, hi=hi: v is None or lo <= v <= hi,
+            message=f"--{name} must be between {lo} and {hi} ({what}); pass a value in that range.")
+
+
+_register_int_limits()
+
 _SYNTH = ("images", "samples", "batch-size", "iterations", "time-budget", "seed")
 _INPUT = ("input-mean", "input-std", "input-range")
 _ALLOWED = {
@@ -178,21 +194,22 @@ def _synthesis_config(mode: str) -> SynthesisConfig:
 
 
 def _check_model_file(path: str) -> str:
-    """Cheap checks before TensorFlow is imported; load_model does the full ones."""
-    if not os.path.exists(path):
-        raise ModelError(f"Model file {path!r} does not exist; pass the path of a saved Keras model (.keras).")
-    return path
+    """Cheap checks before TensorFlow is imported (missing, FIFO, unreadable); load_model does the full ones."""
+    from tflite_retroq.io_utils import check_readable
+    return check_readable(path, "Model file", ModelError, "pass the path of a saved Keras model (.keras)")
 
 
-def _check_outputs(model_path: str, *paths: Optional[str]) -> None:
-    from tflite_retroq.io_utils import check_writable
+def _check_outputs(model_path: str, *paths: Optional[str], data_file: Optional[str] = None) -> None:
+    """Every output is writable as a regular file, is none of the inputs, and no two outputs coincide."""
+    from tflite_retroq.io_utils import check_not_inputs, check_writable, same_file
+    inputs = [("input model", model_path), ("input dataset (--data-file)", data_file)]
     given = [p for p in paths if p]
     for p in given:
         check_writable(p)
-        if os.path.abspath(p) == os.path.abspath(model_path):
-            raise ConfigError(f"Output {p!r} is the input model; choose another output path.")
-    if len({os.path.abspath(p) for p in given}) != len(given):
-        raise ConfigError("-o and --report name the same file; choose two different paths.")
+        check_not_inputs(p, inputs)
+    for i, p in enumerate(given):
+        if any(same_file(p, q) for q in given[:i]):
+            raise ConfigError("-o and --report name the same file; choose two different paths.")
 
 
 def _load_model(path: str):
@@ -267,7 +284,7 @@ def cmd_convert(args: Sequence[str]) -> int:
     spec = _input_spec()
     report_path = _flag("report")
     _check_model_file(model_path)
-    _check_outputs(model_path, output, report_path)
+    _check_outputs(model_path, output, report_path, data_file=data_file)
 
     from tflite_retroq.dataset import SyntheticDataset
     dataset = SyntheticDataset.load(data_file) if data_file is not None else None  # fail before TF loads
@@ -370,6 +387,24 @@ def _parse_flags(argv: List[str]) -> List[str]:
         sys.exit(_error(e))
 
 
+def _show_warnings(caught) -> None:
+    """Python warnings raised during a successful command, one line each, without repeats."""
+    seen = set()
+    for w in caught:
+        line = " ".join(str(w.message).split())
+        if line and line not in seen:
+            seen.add(line)
+            sys.stderr.write(f"retroq: warning: {line}\n")
+    sys.stderr.flush()
+
+
+def _out_of_memory_message(command: str) -> str:
+    """What to lower, naming only flags this build of the CLI has."""
+    knobs = [f"--{n}" for n in ("batch-size", "samples", "images") if n in FLAGS and n in _ALLOWED.get(command, ())]
+    fix = f"lower {' or '.join(knobs)}" if knobs else "use a smaller model or input"
+    return f"out of memory while running `retroq {command}`; {fix} (fewer images held at once) and try again."
+
+
 def main(argv: List[str]) -> int:
     args = list(argv[1:])
     try:
@@ -379,7 +414,10 @@ def main(argv: List[str]) -> int:
         if command not in _HANDLERS:
             raise _UsageError(f"unknown command {command!r}; choose one of {', '.join(_COMMANDS)}.")
         _check_flags_apply(command)
-        return _HANDLERS[command](rest)
+        with warnings.catch_warnings(record=True) as caught:  # the filters in force still apply
+            code = _HANDLERS[command](rest)
+        _show_warnings(caught)  # on success only: after an error, its one line says it all
+        return code
     except RetroQError as e:
         return _error(e)
     except KeyboardInterrupt:
@@ -387,6 +425,8 @@ def main(argv: List[str]) -> int:
     except Exception as e:  # noqa: BLE001 - one line, not a traceback
         if os.environ.get("RETROQ_TRACEBACK"):
             raise
+        if is_out_of_memory(e):
+            return _error(_out_of_memory_message(args[0] if args else "retroq"))
         return _error(f"{type(e).__name__}: {e} (unexpected; set RETROQ_TRACEBACK=1 for the traceback)",
                       1, "internal error")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from tflite_retroq.config import IOType, QuantizationConfig, Scheme
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import ConfigError, DataError, RetroQError
+from tflite_retroq.errors import ConfigError, DataError, OutOfMemoryError, RetroQError, is_out_of_memory
 from tflite_retroq.keras_tools import as_model, validate_classifier
 
 RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[List[np.ndarray]]]]
@@ -78,7 +78,10 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
         with _quiet():
             calibrated = bytes(conv.convert())
     except Exception as e:
-        raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}); "
+        if is_out_of_memory(e):
+            raise OutOfMemoryError("Out of memory while calibrating with TFLite; lower the number of calibration "
+                                   "images.") from None
+        raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {_converter_reason(e)}); "
                           "the model may use an operator TFLite cannot convert.") from None
     synthetic = isinstance(data, SyntheticDataset) and data.mode not in ("real", "unknown")
     widened = None
@@ -93,6 +96,16 @@ def _images_of(data: RepresentativeData, input_shape) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return data.astype(np.float32)
     return np.concatenate([np.asarray(batch[0], np.float32).reshape((-1,) + tuple(input_shape)) for batch in data()])
+
+
+def _converter_reason(error: Exception) -> str:
+    """The converter's own diagnosis (MLIR's `error: ...` line), not a fragment of its IR dump, cut at a word."""
+    from tflite_retroq.keras_tools import _shorten
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    for line in lines:
+        if "error:" in line:
+            return _shorten(line.split("error:", 1)[1], 300)
+    return _shorten(lines[0], 300) if lines else "no details"
 
 
 def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.PER_CHANNEL,

@@ -19,7 +19,7 @@ import numpy as np
 
 from tflite_retroq.config import InputSpec, SynthesisConfig, SynthesisMode
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import ResourceError
+from tflite_retroq.errors import OutOfMemoryError, is_out_of_memory
 from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.keras_tools import (InputSpace, as_model, bn_layers, bn_targets, bn_taps,
                                        resolve_input_space, validate_classifier)
@@ -74,14 +74,14 @@ def _batch_size(config: SynthesisConfig, n: int, per_image: int, budget: int, im
     if config.batch_size is not None:
         bs = min(config.batch_size, n)
         if bs * per_image > room:
-            raise ResourceError(
+            raise OutOfMemoryError(
                 f"batch size {bs} needs about {resources.fmt_bytes(bs * per_image + n * image_bytes)} for synthesis, "
                 f"more than the {resources.fmt_bytes(budget)} memory budget; lower --batch-size (at most "
                 f"{max(0, room // max(per_image, 1))} fits) or --images.")
         return bs, "user"
     fit = room // max(per_image, 1)
     if fit < 1:
-        raise ResourceError(
+        raise OutOfMemoryError(
             f"one image needs about {resources.fmt_bytes(per_image)} for synthesis, more than the "
             f"{resources.fmt_bytes(budget)} memory budget allows beside {n} images; lower --images or free memory.")
     bs = int(max(1, min(fit, SynthesisConfig.MAX_AUTO_BATCH, n)))
@@ -102,7 +102,7 @@ def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape
     budget = resources.memory_budget()
     image_bytes = int(np.prod(input_shape)) * 4
     if n * image_bytes > budget:
-        raise ResourceError(
+        raise OutOfMemoryError(
             f"{n} images of shape {tuple(input_shape)} need {resources.fmt_bytes(n * image_bytes)}, more than the "
             f"{resources.fmt_bytes(budget)} memory budget; lower --images (or --samples).")
     source = "as configured"
@@ -121,8 +121,8 @@ def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape
 
 def _resource_error(e: Exception, batch_size: int) -> Exception:
     """TF raises ResourceExhaustedError (no common base with MemoryError): one line that says what to lower."""
-    if isinstance(e, MemoryError) or type(e).__name__ == "ResourceExhaustedError":
-        return ResourceError(f"out of memory during synthesis at batch size {batch_size}; lower --batch-size "
+    if is_out_of_memory(e) and not isinstance(e, OutOfMemoryError):
+        return OutOfMemoryError(f"out of memory during synthesis at batch size {batch_size}; lower --batch-size "
                              f"(or set {resources.ENV_BUDGET} to the megabytes synthesis may use).")
     return e
 
