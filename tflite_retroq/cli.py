@@ -222,10 +222,10 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-def _say_input_space(model, spec: Optional[InputSpec]) -> None:
-    """The one assumption a data-free tool cannot check against data: say it before synthesizing."""
-    from tflite_retroq.keras_tools import resolve_input_space
-    _say(f"input space: {resolve_input_space(model, spec).source}")
+def _say_input_space(data) -> None:
+    """The one assumption a data-free tool cannot check against data: said on its own line (after
+    success, so a failed run's stdout stays empty), and recorded in the dataset and the report."""
+    _say(f"input space: {data.metadata.get('input_space', {}).get('source', 'unknown')}")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -240,11 +240,11 @@ def cmd_synthesize(args: Sequence[str]) -> int:
 
     from tflite_retroq.synthesis import synthesize
     model = _load_model(model_path)
-    _say_input_space(model, spec)
     t0 = time.perf_counter()
     data = synthesize(model, config, input_spec=spec, progress=not _flag("quiet"))
     seconds = time.perf_counter() - t0
     data.save(output)
+    _say_input_space(data)
     n = len(data)
     rate = n / seconds if seconds > 0 else float("inf")
     steady = data.metadata.get("images_per_second")
@@ -295,17 +295,11 @@ def cmd_convert(args: Sequence[str]) -> int:
     t0 = time.perf_counter()
     if dataset is None:
         from tflite_retroq.synthesis import synthesize
-        _say_input_space(model, spec)
         dataset = synthesize(model, scfg, input_spec=spec, progress=not _flag("quiet"))
         seconds["synthesis"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     from tflite_retroq.converter import calibrate
     calibrated, logit_range = calibrate(model, dataset, return_info=True)
-    if logit_range is not None and logit_range.widened != logit_range.calibrated:
-        lo, hi = logit_range.calibrated
-        _say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
-             f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
-             "than real ones)")
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
                      calibrated=calibrated)
     seconds["conversion"] = time.perf_counter() - t1
@@ -334,6 +328,13 @@ def cmd_convert(args: Sequence[str]) -> int:
                 f.write(text)
     else:
         write_bytes(output, tflite)
+    if data_file is None or "input_space" in dataset.metadata:
+        _say_input_space(dataset)
+    if logit_range is not None and logit_range.widened != logit_range.calibrated:
+        lo, hi = logit_range.calibrated
+        _say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
+             f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
+             "than real ones)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
     _say(f"wrote {output}: {len(tflite)} bytes ({qcfg.scheme.value}, W{qcfg.weight_bits}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"

@@ -124,8 +124,9 @@ class SynthesisConfig:
         if self.samples_per_class is not None:
             n = self.samples_per_class * num_classes
             if n > _MAX_IMAGES:
-                raise ConfigError(f"samples_per_class={self.samples_per_class} x {num_classes} classes = {n} images, "
-                                  f"more than {_MAX_IMAGES}; lower it or give a total image budget instead.")
+                raise ConfigError(f"{self.samples_per_class} images per class (--samples) x {num_classes} classes = "
+                                  f"{n} images, more than {_MAX_IMAGES}; lower --samples or give a total budget "
+                                  "with --images.")
             return n
         return self.images if self.images is not None else self.DEFAULT_IMAGES
 

@@ -140,13 +140,13 @@ def synthesize(model, config: Optional[SynthesisConfig] = None, *, input_spec: O
         warnings.simplefilter("ignore")
         data = _synthesize(model, config, input_spec, progress)
     source = data.metadata["input_space"]["source"]
-    if source.startswith("assumed"):
+    if source.startswith(("assumed", "guessed")):
         warnings.warn(InputSpaceWarning(f"input space {source}"), stacklevel=2)
     return data
 
 
 class InputSpaceWarning(UserWarning):
-    """The input space had to be assumed (nothing in the model tells it): check it is right."""
+    """The input space had to be guessed (nothing in the model states it): check it is right."""
 
 
 def _synthesize(model, config: SynthesisConfig, input_spec: Optional[InputSpec], progress: bool) -> SyntheticDataset:
