@@ -51,18 +51,28 @@ def _keras_converter(model):
         return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
-def calibrate(model, data: RepresentativeData) -> bytes:
-    """Float .tflite with BN folded and activation min/max recorded from `data`."""
+def calibrate(model, data: RepresentativeData, *, batch_size: Optional[int] = None) -> bytes:
+    """Float .tflite with BN folded and activation min/max recorded from `data`.
+
+    `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
+    """
     import tensorflow as tf
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches
+    batch_size = check_batch_size(batch_size)
     model = as_model(model)
     info = validate_classifier(model)
+    gen = _as_generator(data, info.input_shape)
+    if batch_size is not None:
+        model, gen = fixed_batch_model(model, batch_size), fixed_batches(gen, batch_size)
     conv = _keras_converter(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _as_generator(data, info.input_shape)
+    conv.representative_dataset = gen
     conv._experimental_calibrate_only = True
     try:
         with _quiet():
             return bytes(conv.convert())
+    except RetroQError:
+        raise
     except Exception as e:
         raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}); "
                           "the model may use an operator TFLite cannot convert.") from None
@@ -101,25 +111,31 @@ def _check_fully_integer(model_bytes: bytes) -> None:
 
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
-            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None) -> bytes:
+            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None,
+            batch_size: Optional[int] = None) -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
     tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
-    `calibrate`) to skip calibration when producing several variants.
+    `calibrate`) to skip calibration when producing several variants. `batch_size=1`
+    exports a fixed batch: no SHAPE/STRIDED_SLICE/PACK around Flatten (for TFLM, Vela).
     """
+    from tflite_retroq.static_shape import check_calibrated_batch
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     if calibrated is None:
-        calibrated = calibrate(model, data)
+        calibrated = calibrate(model, data, batch_size=batch_size)
+    check_calibrated_batch(calibrated, batch_size)
     quantized = quantize_calibrated(calibrated, cfg.scheme, cfg.io)
     if cfg.weight_bits != 8:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
     return quantized
 
 
-def float_tflite(model) -> bytes:
+def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:
     """Plain float32 .tflite of the model (the accuracy reference on the interpreter)."""
-    conv = _keras_converter(as_model(model))
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model
+    model, batch_size = as_model(model), check_batch_size(batch_size)
+    conv = _keras_converter(model if batch_size is None else fixed_batch_model(model, batch_size))
     with _quiet():
         return bytes(conv.convert())

@@ -31,3 +31,7 @@ class OutputError(RetroQError):
 
 class ConfigError(RetroQError):
     """Options that are invalid or conflict with each other."""
+
+
+class TargetError(RetroQError):
+    """A target tool (Vela, the TFLite Micro runtime) is missing or rejected the model."""
