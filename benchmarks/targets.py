@@ -288,6 +288,10 @@ def plot(rows: List[Dict], path: str) -> None:
                 continue
             ax.scatter(x, y, marker=markers[r["variant"]], color=colors[r["model"]], s=40)
         ax.set_xscale("log")
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 accuracy % (VWW: agreement with FP32)")
         ax.grid(alpha=0.3)
@@ -299,6 +303,36 @@ def plot(rows: List[Dict], path: str) -> None:
     fig.tight_layout(rect=(0, 0.12, 1, 0.95))
     write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+
+
+def relative_table(rows: List[Dict]) -> str:
+    """Each variant against per-channel W8 of the same model: where it helps and where it does not."""
+    def pct(a, b):
+        return "–" if a is None or b is None or b == 0 else f"{100.0 * (a / b - 1.0):+.1f} %"
+
+    def pts(a, b):
+        return "–" if a is None or b is None else f"{a - b:+.2f}"
+
+    ref = {r["model"]: r for r in rows if r["variant"] == REFERENCE}
+    lines = ["## Against per-channel W8 of the same model", "",
+             "Change of each figure relative to per-channel W8 (negative time / bytes = better). Accuracy and "
+             "agreement in points.", "",
+             "| model | variant | U55 time | U65 time | U85 time | U55 encoded weights | U55 flash | TFLM arena "
+             "| LiteRT auto | LiteRT builtin | LiteRT reference | accuracy | agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b = ref.get(r["model"])
+        if b is None or r is b or r["variant"] == "float":
+            continue
+        lat = [("–" if r.get(f"lat_{k}_x") is None else f"{r[f'lat_{k}_x']:.2f}x")
+               for k in ("auto", "builtin", "reference")]
+        lines.append(f"| {r['model']} | {r['variant']} | {pct(r.get('u55_us'), b.get('u55_us'))} | "
+                     f"{pct(r.get('u65_us'), b.get('u65_us'))} | {pct(r.get('u85_us'), b.get('u85_us'))} | "
+                     f"{pct(r.get('u55_encoded_kib'), b.get('u55_encoded_kib'))} | "
+                     f"{pct(r.get('u55_flash_kib'), b.get('u55_flash_kib'))} | "
+                     f"{pct(r.get('tflm_arena_kib'), b.get('tflm_arena_kib'))} | {' | '.join(lat)} | "
+                     f"{pts(r.get('accuracy'), b.get('accuracy'))} | {pts(r.get('agreement'), b.get('agreement'))} |")
+    return "\n".join(lines)
 
 
 def static_table(static: Dict) -> str:
@@ -336,7 +370,8 @@ def write(result: Dict, started: float) -> None:
              "one run; the machine (2 cores) was shared with other jobs, so only these ratios are meaningful.")
     common.write_results(FLAGS.out, "targets", "DSP/NPU-style targets: Vela (Ethos-U), TFLite Micro, LiteRT",
                          result["rows"], COLUMNS, started=started, notes=notes,
-                         extra_md=static_table(result["static"]) + ("\n\n" + skip_md if skip_md else ""),
+                         extra_md=relative_table(result["rows"]) + "\n\n" + static_table(result["static"])
+                         + ("\n\n" + skip_md if skip_md else ""),
                          params={"quick": FLAGS.quick, "models": FLAGS.models, "latency_runs": FLAGS.latency_runs,
                                  "tflm_images": FLAGS.tflm_images, "eval_images": FLAGS.eval_images,
                                  "versions": _versions()},
