@@ -124,3 +124,23 @@ def test_batch_larger_than_data(flat_model):
     few = rq.SyntheticDataset.from_images(np.zeros((3, 8, 8, 2), np.float32))
     with pytest.raises(rq.DataError, match="fewer than the static batch"):
         rq.calibrate(flat_model, few, batch_size=4)
+
+
+def test_fixed_batches_regroups_any_generator():
+    from tflite_retroq.static_shape import fixed_batches
+    images = np.arange(10 * 2, dtype=np.float32).reshape(10, 2)
+
+    def gen():  # uneven user batches: 3, 3, 3, 1
+        for i in (0, 3, 6, 9):
+            yield [images[i:i + 3]]
+
+    got = list(fixed_batches(gen, 4)())
+    assert [len(b[0]) for b in got] == [4, 4]  # the remainder of 2 is dropped
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), images[:8])
+
+
+def test_static_float_io(flat_model, calibrations, flat_images):
+    dynamic = rq.convert(flat_model, None, calibrated=calibrations[None], io="float")
+    static = rq.convert(flat_model, None, calibrated=calibrations[1], io="float", batch_size=1)
+    assert not SHAPE_OPS & _ops(static)
+    np.testing.assert_array_equal(rq.run_tflite(static, flat_images), rq.run_tflite(dynamic, flat_images))

@@ -208,8 +208,9 @@ def test_cli_convert_static_batch(tmp_path, flatten_model):
     flatten_model.save(model_path)
     out = tmp_path / "static.tflite"
     proc = _retroq("convert", model_path, "-o", out, "--data", "gaussian", "--samples", "2", "--static-batch", "1",
-                   "--quiet")
+                   "--quiet", "--report", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["quantization"]["static_batch"] == 1
     info = inspect_model(out.read_bytes())
     assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(info["op_counts"])
     assert info["inputs"][0]["shape"] == [1, 8, 8, 2]
