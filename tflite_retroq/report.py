@@ -124,8 +124,11 @@ def format_targets(estimates: Dict[str, Dict]) -> str:
             continue
         cpu = f" ({', '.join(e['cpu_op_types'])})" if e["cpu_op_types"] else ""
         out.append(f"  {name}: Vela {e['vela_version']}, {e['system_config']} / {e['memory_mode']}")
-        out.append(f"    inference {e['inference_time_s'] * 1e6:,.0f} us ({e['inferences_per_second']:,.0f} "
-                   f"inferences/s), {e['macs']:,} MACs")
+        if e["npu_ops"]:
+            out.append(f"    inference {e['inference_time_s'] * 1e6:,.0f} us ({e['inferences_per_second']:,.0f} "
+                       f"inferences/s), {e['macs']:,} MACs")
+        else:
+            out.append("    nothing runs on the NPU (Ethos-U runs int8/int16 operators only): no estimate")
         out.append(f"    operators: {e['npu_ops']} on the NPU, {e['cpu_ops']} on the CPU{cpu} "
                    f"({100.0 * e['npu_fraction']:.1f} % NPU)")
         out.append(f"    weights {e['original_weight_bytes']:,} bytes, encoded {e['encoded_weight_bytes']:,} bytes; "
