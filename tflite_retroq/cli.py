@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 from absl import app, flags
 
 from tflite_retroq.config import InputSpec, QuantizationConfig, SynthesisConfig, SynthesisMode
-from tflite_retroq.errors import ConfigError, ModelError, RetroQError
+from tflite_retroq.errors import ConfigError, ModelError, RetroQError, is_out_of_memory
 from tflite_retroq.io_utils import native_logs_silenced
 
 _DEFAULTS = SynthesisConfig()
@@ -25,10 +25,11 @@ _NOT_YET = "is not implemented yet in this version; use --scheme per-channel or 
 USAGE = f"""retroq: data-free full-integer int8 TFLite quantization of Keras image classifiers.
 
 usage:
-  retroq synthesize MODEL.keras -o DATA.npz [--mode retro|zeroq|gaussian] [--samples N]
-                    [--iterations N] [--seed S] [input flags] [--quiet]
+  retroq synthesize MODEL.keras -o DATA.npz [--mode retro|zeroq|gaussian] [--images N | --samples N]
+                    [--batch-size N] [--iterations N] [--seed S] [input flags] [--quiet]
   retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
-                    [--samples N] [--iterations N] [--seed S] [--scheme per-channel|per-tensor]
+                    [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
+                    [--scheme per-channel|per-tensor]
                     [--weight-bits 8|6|4] [--io int8|float] [--report REPORT.json]
                     [--static-batch N] [input flags] [--quiet]
   retroq analyze    MODEL.keras [--data-file DATA.npz] -o DIR      (not implemented yet)
@@ -43,13 +44,20 @@ commands:
 synthesis flags (synthesize, and convert without --data-file):
   --mode / --data  retro (BN statistics + class loss, default), zeroq (no class loss),
                    gaussian (plain noise, no optimization)
-  --samples N      images per class (default {_DEFAULTS.samples_per_class})
-  --iterations N   optimization steps (default {_DEFAULTS.iterations})
+  --images N       total images, spread over the classes (default {_DEFAULTS.DEFAULT_IMAGES})
+  --samples N      images per class instead (balanced classes; N x classes images)
+  --batch-size N   images optimized together (default: chosen from the model's activation memory
+                   and free memory; BatchNorm statistics are matched per batch)
+  --iterations N   optimization steps per batch (default {_DEFAULTS.DEFAULT_ITERATIONS})
+  --time-budget S  seconds synthesis may take (default {_DEFAULTS.time_budget:g}; 0 = no limit): measured
+                   from the first steps, default iterations then images shrink to fit (never below
+                   {_DEFAULTS.MIN_ITERATIONS} iterations x {_DEFAULTS.MIN_IMAGES} images); explicit --images/--iterations are kept
   --seed S         random seed (default {_DEFAULTS.seed})
   --quiet          no progress bar on stderr
 
 input flags (how the model input relates to pixels; default: detected from a
-Rescaling/Normalization front layer, else N(0, 1)):
+Rescaling/Normalization front layer, else inferred from the first BatchNorm's running
+statistics, else N(0, 1) with a warning; the space used is printed and recorded):
   --input-mean a,b,c --input-std a,b,c   model_input = (pixel - mean) / std
   --input-range LO,HI                    the model takes raw pixels in [LO, HI]
 
@@ -81,8 +89,11 @@ flags.DEFINE_string("output", None, "Output path (.npz for synthesize, .tflite f
 flags.DEFINE_enum("mode", _DEFAULTS.mode.value, _MODES, "synthesize: synthesis mode.")
 flags.DEFINE_enum("data", None, _MODES, "convert: synthesize calibration data in this mode (default retro).")
 flags.DEFINE_string("data-file", None, "convert/analyze: calibration dataset (.npz) from `retroq synthesize`.")
-flags.DEFINE_integer("samples", None, f"Images per class (default {_DEFAULTS.samples_per_class}).")
-flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {_DEFAULTS.iterations}).")
+flags.DEFINE_integer("images", None, f"Total synthetic images (default {_DEFAULTS.DEFAULT_IMAGES}).")
+flags.DEFINE_integer("samples", None, "Images per class instead of a total (balanced classes).")
+flags.DEFINE_integer("batch-size", None, "Images optimized together (default: from memory).")
+flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {_DEFAULTS.DEFAULT_ITERATIONS}).")
+flags.DEFINE_float("time-budget", None, f"Synthesis seconds (default {_DEFAULTS.time_budget:g}; 0 = no limit).")
 flags.DEFINE_integer("seed", None, f"Random seed (default {_DEFAULTS.seed}).")
 flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid"],
                   "convert: weight quantization scheme (hybrid is not implemented yet).")
@@ -101,7 +112,23 @@ flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
 flags.DEFINE_integer("static-batch", None, "convert: fix the batch dimension (1 for MCUs/NPUs).")
 flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-u85-256 and/or tflm.")
 
-_SYNTH = ("samples", "iterations", "seed")
+# Absurd integers are refused while the flags are parsed (one line, exit 2), before they can
+# overflow a C long or ask for terabytes. The limits are far above any sensible run.
+_INT_LIMITS = {"samples": (1, 1_000_000, "images per class"), "images": (1, 10_000_000, "synthetic images"),
+               "batch-size": (1, 1_000_000, "images per batch"), "iterations": (0, 1_000_000, "optimization steps"),
+               "seed": (0, 2**32 - 1, "the random seed")}
+
+
+def _register_int_limits() -> None:
+    for name, (lo, hi, what) in _INT_LIMITS.items():
+        flags.register_validator(
+            name, lambda v, lo=lo, hi=hi: v is None or lo <= v <= hi,
+            message=f"--{name} must be between {lo} and {hi} ({what}); pass a value in that range.")
+
+
+_register_int_limits()
+
+_SYNTH = ("images", "samples", "batch-size", "iterations", "time-budget", "seed")
 _INPUT = ("input-mean", "input-std", "input-range")
 _ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *_SYNTH, *_INPUT},
@@ -156,34 +183,42 @@ def _input_spec() -> Optional[InputSpec]:
 
 def _synthesis_config(mode: str) -> SynthesisConfig:
     kw = {"mode": mode}
-    for flag, field in (("samples", "samples_per_class"), ("iterations", "iterations"), ("seed", "seed")):
+    for flag, field in (("images", "images"), ("samples", "samples_per_class"), ("batch-size", "batch_size"),
+                        ("iterations", "iterations"), ("seed", "seed")):
         if _flag(flag) is not None:
             kw[field] = _flag(flag)
+    if _flag("time-budget") is not None:
+        kw["time_budget"] = _flag("time-budget") or None
     if kw.get("seed", 0) < 0:
         raise ConfigError(f"--seed {kw['seed']} must be >= 0.")
     try:
         return SynthesisConfig(**kw)
     except ConfigError as e:  # name the flag, not the dataclass field
-        msg = str(e).replace("samples_per_class=", "--samples ").replace("iterations=", "--iterations ")
-        raise ConfigError(msg.replace("seed=", "--seed ")) from None
+        msg = str(e)
+        for field, flag in (("samples_per_class", "--samples"), ("images", "--images"), ("batch_size", "--batch-size"),
+                            ("iterations", "--iterations"), ("seed", "--seed")):
+            msg = msg.replace(f"{field}=", f"{flag} ").replace("time_budget=", "--time-budget ")
+        raise ConfigError(msg.replace("images (a total budget)", "--images").replace(
+            "samples_per_class (balanced per class)", "--samples")) from None
 
 
 def _check_model_file(path: str) -> str:
-    """Cheap checks before TensorFlow is imported; load_model does the full ones."""
-    if not os.path.exists(path):
-        raise ModelError(f"Model file {path!r} does not exist; pass the path of a saved Keras model (.keras).")
-    return path
+    """Cheap checks before TensorFlow is imported (missing, FIFO, unreadable); load_model does the full ones."""
+    from tflite_retroq.io_utils import check_readable
+    return check_readable(path, "Model file", ModelError, "pass the path of a saved Keras model (.keras)")
 
 
-def _check_outputs(model_path: str, *paths: Optional[str]) -> None:
-    from tflite_retroq.io_utils import check_writable
+def _check_outputs(model_path: str, *paths: Optional[str], data_file: Optional[str] = None) -> None:
+    """Every output is writable as a regular file, is none of the inputs, and no two outputs coincide."""
+    from tflite_retroq.io_utils import check_not_inputs, check_writable, same_file
+    inputs = [("input model", model_path), ("input dataset (--data-file)", data_file)]
     given = [p for p in paths if p]
     for p in given:
         check_writable(p)
-        if os.path.abspath(p) == os.path.abspath(model_path):
-            raise ConfigError(f"Output {p!r} is the input model; choose another output path.")
-    if len({os.path.abspath(p) for p in given}) != len(given):
-        raise ConfigError("-o and --report name the same file; choose two different paths.")
+        check_not_inputs(p, inputs)
+    for i, p in enumerate(given):
+        if any(same_file(p, q) for q in given[:i]):
+            raise ConfigError("-o and --report name the same file; choose two different paths.")
 
 
 def _load_model(path: str):
@@ -194,6 +229,12 @@ def _load_model(path: str):
 def _say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def _say_input_space(model, spec: Optional[InputSpec]) -> None:
+    """The one assumption a data-free tool cannot check against data: say it before synthesizing."""
+    from tflite_retroq.keras_tools import resolve_input_space
+    _say(f"input space: {resolve_input_space(model, spec).source}")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -208,6 +249,7 @@ def cmd_synthesize(args: Sequence[str]) -> int:
 
     from tflite_retroq.synthesis import synthesize
     model = _load_model(model_path)
+    _say_input_space(model, spec)
     t0 = time.perf_counter()
     data = synthesize(model, config, input_spec=spec, progress=not _flag("quiet"))
     seconds = time.perf_counter() - t0
@@ -217,9 +259,10 @@ def cmd_synthesize(args: Sequence[str]) -> int:
     steady = data.metadata.get("images_per_second")
     steady_txt = f", {steady:.0f} image-iterations/s after compilation" if steady else ""
     classes = data.metadata.get("num_classes", "?")
-    _say(f"synthesized {n} images ({config.mode.value}, {classes} classes x {config.samples_per_class}, "
-         f"{data.metadata.get('iterations_run', 0)} iterations, shape {list(data.images.shape[1:])}) "
-         f"in {seconds:.1f} s, {rate:.1f} images/s{steady_txt} -> {output}")
+    plan = data.metadata.get("plan", {})
+    _say(f"synthesized {n} images ({config.mode.value}, {classes} classes, {plan.get('batches', 1)} batches of "
+         f"<= {plan.get('batch_size', n)}, {data.metadata.get('iterations_run', 0)} iterations, shape "
+         f"{list(data.images.shape[1:])}) in {seconds:.1f} s, {rate:.1f} images/s{steady_txt} -> {output}")
     return 0
 
 
@@ -251,7 +294,7 @@ def cmd_convert(args: Sequence[str]) -> int:
     spec = _input_spec()
     report_path = _flag("report")
     _check_model_file(model_path)
-    _check_outputs(model_path, output, report_path)
+    _check_outputs(model_path, output, report_path, data_file=data_file)
 
     from tflite_retroq.dataset import SyntheticDataset
     dataset = SyntheticDataset.load(data_file) if data_file is not None else None  # fail before TF loads
@@ -262,11 +305,19 @@ def cmd_convert(args: Sequence[str]) -> int:
     t0 = time.perf_counter()
     if dataset is None:
         from tflite_retroq.synthesis import synthesize
+        _say_input_space(model, spec)
         dataset = synthesize(model, scfg, input_spec=spec, progress=not _flag("quiet"))
         seconds["synthesis"] = time.perf_counter() - t0
     t1 = time.perf_counter()
+    from tflite_retroq.converter import calibrate
+    calibrated, logit_range = calibrate(model, dataset, return_info=True, batch_size=static_batch)
+    if logit_range is not None and logit_range.widened != logit_range.calibrated:
+        lo, hi = logit_range.calibrated
+        _say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
+             f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
+             "than real ones)")
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
-                     batch_size=static_batch)
+                     calibrated=calibrated, batch_size=static_batch)
     seconds["conversion"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
 
@@ -277,7 +328,8 @@ def cmd_convert(args: Sequence[str]) -> int:
         from tflite_retroq.tflite.inspect import inspect_model
         meta = dict(dataset.metadata)
         synthesis = dict(meta, num_images=len(dataset),
-                         final_loss={k: v[-1] for k, v in dataset.loss_history.items() if v})
+                         final_loss={k: v[-1] for k, v in dataset.loss_history.items() if v},
+                         logit_range=logit_range.to_dict() if logit_range is not None else None)
         source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
                   else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
         text = to_json(convert_report(
@@ -378,6 +430,24 @@ def _parse_flags(argv: List[str]) -> List[str]:
         sys.exit(_error(e))
 
 
+def _show_warnings(caught) -> None:
+    """Python warnings raised during a successful command, one line each, without repeats."""
+    seen = set()
+    for w in caught:
+        line = " ".join(str(w.message).split())
+        if line and line not in seen:
+            seen.add(line)
+            sys.stderr.write(f"retroq: warning: {line}\n")
+    sys.stderr.flush()
+
+
+def _out_of_memory_message(command: str) -> str:
+    """What to lower, naming only flags this build of the CLI has."""
+    knobs = [f"--{n}" for n in ("batch-size", "samples", "images") if n in FLAGS and n in _ALLOWED.get(command, ())]
+    fix = f"lower {' or '.join(knobs)}" if knobs else "use a smaller model or input"
+    return f"out of memory while running `retroq {command}`; {fix} (fewer images held at once) and try again."
+
+
 def main(argv: List[str]) -> int:
     args = list(argv[1:])
     try:
@@ -387,7 +457,10 @@ def main(argv: List[str]) -> int:
         if command not in _HANDLERS:
             raise _UsageError(f"unknown command {command!r}; choose one of {', '.join(_COMMANDS)}.")
         _check_flags_apply(command)
-        return _HANDLERS[command](rest)
+        with warnings.catch_warnings(record=True) as caught:  # the filters in force still apply
+            code = _HANDLERS[command](rest)
+        _show_warnings(caught)  # on success only: after an error, its one line says it all
+        return code
     except RetroQError as e:
         return _error(e)
     except KeyboardInterrupt:
@@ -395,6 +468,8 @@ def main(argv: List[str]) -> int:
     except Exception as e:  # noqa: BLE001 - one line, not a traceback
         if os.environ.get("RETROQ_TRACEBACK"):
             raise
+        if is_out_of_memory(e):
+            return _error(_out_of_memory_message(args[0] if args else "retroq"))
         return _error(f"{type(e).__name__}: {e} (unexpected; set RETROQ_TRACEBACK=1 for the traceback)",
                       1, "internal error")
 

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from tflite_retroq.errors import DataError, TFLiteModelError
+from tflite_retroq.io_utils import library_quiet
 
 _RESOLVERS = ("auto", "builtin", "reference")
 
@@ -22,8 +23,9 @@ def _interpreter(model_bytes: bytes, resolver: str, num_threads: Optional[int]):
     if resolver not in kinds:
         raise ValueError(f"resolver must be one of {_RESOLVERS}")
     try:
-        return Interpreter(model_content=bytes(model_bytes), experimental_op_resolver_type=kinds[resolver],
-                           num_threads=num_threads)
+        with library_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate" goes to fd 2
+            return Interpreter(model_content=bytes(model_bytes), experimental_op_resolver_type=kinds[resolver],
+                               num_threads=num_threads)
     except (ValueError, RuntimeError) as e:
         raise TFLiteModelError(f"The LiteRT interpreter rejected the model ({str(e).splitlines()[0][:200]}).") from None
 
@@ -60,7 +62,11 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
             s, zp = inp["quantization"]
             x = np.clip(np.round(x / s) + zp, -128, 127).astype(np.int8)
         it.set_tensor(inp["index"], x)
-        it.invoke()
+        if start == 0:
+            with library_quiet():  # XNNPACK announces itself on the first invoke
+                it.invoke()
+        else:
+            it.invoke()
         y = it.get_tensor(out["index"])
         if out["dtype"] == np.int8:
             s, zp = out["quantization"]
