@@ -118,24 +118,30 @@ def _vww_input(x: np.ndarray) -> np.ndarray:
 
 
 def load(name: str, limit: Optional[int]):
-    """(keras model, ModelData) or raises FileNotFoundError/ImportError when the model is not available."""
+    """(keras model, ModelData, pixel range or None) or ImportError/FileNotFoundError when it is not available."""
     from benchmarks.zoo import mlperf
     from benchmarks.zoo.cifar_resnet import build_resnet
     if name == "fashion_dw":
-        from benchmarks.zoo import fashion  # written on the hybrid branch
-        model, (x, y) = fashion.load_model(), fashion.load_test()
-        n = min(len(x), limit or len(x))
-        return model, ModelData(x[:n], np.ones(n, bool), y[:n], x[:n], y[:n])
+        from benchmarks.zoo import fashion  # the hybrid benchmark's depthwise-separable model (trained, cached)
+        model = fashion.trained_model("dw_bn")
+        x, y = fashion.eval_images("dw_bn", "test")
+        if limit and limit < len(x):
+            idx = np.linspace(0, len(x) - 1, num=limit).astype(int)
+            x, y = x[idx], y[idx]
+        return model, ModelData(x, np.ones(len(x), bool), y, x, y), fashion.INPUT_RANGE["dw_bn"]
     cifar = common.EvalData(FLAGS.zoo_dir, limit=limit if name != "vww_mobilenetv1_96" else (limit or 2000))
     if name.startswith("resnet"):
         model = build_resnet(int(name[6:]), FLAGS.zoo_dir)
     else:
         model = mlperf.load_model(name, FLAGS.zoo_dir)
+    # The MLPerf models have no preprocessing layer: their pixel range as the zoo README states it.
+    value_range = mlperf.INPUT_RANGE.get(name)
     if name != "vww_mobilenetv1_96":
-        return model, ModelData(cifar.all_x, cifar.is_test, cifar.test_y, cifar.full_test_x, cifar.full_test_y)
+        return (model, ModelData(cifar.all_x, cifar.is_test, cifar.test_y, cifar.full_test_x, cifar.full_test_y),
+                value_range)
     # VWW has no person images here: resized CIFAR images measure fidelity to float, not accuracy.
-    return model, ModelData(_vww_input(cifar.all_x), cifar.is_test, cifar.test_y,
-                            _vww_input(cifar.full_test_x[:200]), cifar.full_test_y[:200], labels_meaningful=False)
+    return model, ModelData(_vww_input(cifar.all_x), cifar.is_test, cifar.test_y, _vww_input(cifar.full_test_x[:200]),
+                            cifar.full_test_y[:200], labels_meaningful=False), value_range
 
 
 # --------------------------------------------------------------------------- measurements
@@ -201,14 +207,12 @@ def run_model(key: str, quick: bool) -> Dict:
     from tflite_retroq.tflite import model as tfm
     name = MODEL_NAMES[key]
     limit = 200 if quick else FLAGS.eval_images
-    model, data = load(key, limit)
+    model, data, value_range = load(key, limit)
     ref = common.fp32_reference(model, data)
     common.log(f"{name}: FP32 reference on {len(data.all_x)} images")
     t0 = time.perf_counter()
     cfg = rq.SynthesisConfig(mode="gaussian" if quick else "retro", seed=0)
-    from benchmarks.zoo import mlperf
-    # The MLPerf models have no preprocessing layer: say what their input is (the zoo README's convention).
-    spec = rq.InputSpec(value_range=mlperf.INPUT_RANGE[key]) if key in mlperf.INPUT_RANGE else None
+    spec = rq.InputSpec(value_range=value_range) if value_range is not None else None
     ds = rq.synthesize(model, cfg, input_spec=spec, progress=False)
     synth_s = time.perf_counter() - t0
     cal = rq.calibrate(model, ds, batch_size=1)
@@ -358,7 +362,7 @@ def write(result: Dict, started: float) -> None:
     notes = ("All models exported with a static batch of 1 (`convert(..., batch_size=1)`), calibrated once per "
              "model on retro data (`rq.synthesize(model, SynthesisConfig(mode='retro'))` with the package defaults "
              "of this version; counts in the JSON). accuracy: top-1 % on the CIFAR-10 test images among the "
-             "evaluated ones (VWW: none, no person images here); agreement / sqnr_db: vs the model's own FP32 "
+             "evaluated ones (Fashion-MNIST: its test images; VWW: none, no person images here); agreement / sqnr_db: vs the model's own FP32 "
              "Keras outputs. Vela columns: estimated inference time on the NPU (us; float models run nowhere on "
              "the NPU, so none), npu_pct: lowest share of operators Vela placed on the NPU over the three "
              "configurations; u55_encoded/flash/sram: Vela's encoded weight bytes, flash and SRAM use on "
