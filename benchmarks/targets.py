@@ -153,8 +153,9 @@ def vela_columns(tfl: bytes) -> Dict:
         s = SHORT[acc]
         try:
             e = vela_estimate(tfl, acc)
-        except TargetError as err:
+        except TargetError as err:  # e.g. Vela cannot compile TFLM's DECODE (LUT-packed) models
             cols[f"{s}_us"], full[acc] = None, {"error": str(err)}
+            cols.setdefault("vela_error", str(err)[:160])
             continue
         full[acc] = e.to_dict()
         cols[f"{s}_us"] = e.inference_time_s * 1e6 if e.npu_ops else None
@@ -162,7 +163,8 @@ def vela_columns(tfl: bytes) -> Dict:
         if acc == "ethos-u55-128":
             cols.update(u55_encoded_kib=e.encoded_weight_bytes / 1024, u55_flash_kib=e.flash_bytes / 1024,
                         u55_sram_kib=e.sram_bytes / 1024, u55_cpu_ops=",".join(e.cpu_op_types) or None)
-    cols["npu_pct"] = min((cols.get(f"{SHORT[a]}_npu_pct", 0.0) or 0.0) for a in ETHOS)
+    placed = [cols[f"{SHORT[a]}_npu_pct"] for a in ETHOS if f"{SHORT[a]}_npu_pct" in cols]
+    cols["npu_pct"] = min(placed) if placed else None
     return {"columns": cols, "vela": full}
 
 
@@ -252,7 +254,7 @@ def run_model(key: str, quick: bool) -> Dict:
         row.update(tflm_columns(tfl, tflm_x, src))
         rows.append(row)
         common.log(f"{name} {v.name}: agree {row.get('agreement') or 0:.2f} u55 {row.get('u55_us') or 0:.0f} us "
-                   f"npu {row['npu_pct']:.0f}% arena {row.get('tflm_arena_kib') or 0:.1f} KiB")
+                   f"npu {row['npu_pct'] or 0:.0f}% arena {row.get('tflm_arena_kib') or 0:.1f} KiB")
     runnable = {v.name: built[v.name] for v in VARIANTS if v.name in built and v.litert}
     lat = litert_latencies(runnable, RESOLVERS, runs=3 if quick else FLAGS.latency_runs, warmup=1 if quick else 3)
     base = lat.get(REFERENCE)
@@ -359,6 +361,10 @@ def write(result: Dict, started: float) -> None:
     if skipped:
         skip_md = "## Skipped variants\n\n" + "\n".join(f"- {m}: {v}: {why}" for m, s in skipped.items()
                                                         for v, why in s.items())
+    rejected = [r for r in result["rows"] if r.get("vela_error")]
+    if rejected:
+        skip_md += ("\n\n" if skip_md else "") + "## Models Vela could not compile\n\n" + "\n".join(
+            f"- {r['model']} {r['variant']}: {r['vela_error']}" for r in rejected)
     notes = ("All models exported with a static batch of 1 (`convert(..., batch_size=1)`), calibrated once per "
              "model on retro data (`rq.synthesize(model, SynthesisConfig(mode='retro'))` with the package defaults "
              "of this version; counts in the JSON). accuracy: top-1 % on the CIFAR-10 test images among the "
