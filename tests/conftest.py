@@ -190,3 +190,19 @@ def int8_bytes(bn_model, calib_data):
     """The default per-channel full-int8 .tflite of the BN model."""
     import tflite_retroq as rq
     return rq.convert(bn_model, calib_data)
+
+
+@pytest.fixture(scope="session")
+def flatten_model():
+    """Conv (stride 2) -> DepthwiseConv -> Flatten -> Dense on 8x8x2: Flatten brings SHAPE/STRIDED_SLICE/PACK
+    into a dynamic-batch .tflite. Weight sizes are multiples of 16 bytes (Vela pads weight streams to 16)."""
+    keras = _keras()
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((8, 8, 2), name="image")
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv")(inp)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    out = keras.layers.Dense(4, name="fc")(x)
+    model = keras.Model(inp, out, name="tiny_flatten")
+    _randomize_biases(model, np.random.default_rng(11))
+    return model

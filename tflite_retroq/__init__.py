@@ -13,6 +13,8 @@ from tflite_retroq.converter import calibrate, convert, float_tflite, quantize_c
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutOfMemoryError, OutputError,
                                   RetroQError, TFLiteModelError)
+from tflite_retroq.errors import TargetError
+from tflite_retroq.targets import TFLMResult, VelaEstimate, litert_latency, tflm_run, vela_estimate
 from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
 from tflite_retroq.keras_tools import fold_batchnorm, load_model
 from tflite_retroq.synthesis import synthesize
@@ -31,4 +33,6 @@ __all__ = [
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
     "OutOfMemoryError",
+    # targets: Vela (Ethos-U), TFLite Micro, LiteRT latency
+    "TargetError", "vela_estimate", "VelaEstimate", "tflm_run", "TFLMResult", "litert_latency",
 ]

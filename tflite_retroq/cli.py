@@ -31,9 +31,9 @@ usage:
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
                     [--scheme per-channel|per-tensor]
                     [--weight-bits 8|6|4] [--io int8|float] [--report REPORT.json]
-                    [input flags] [--quiet]
+                    [--static-batch N] [input flags] [--quiet]
   retroq analyze    MODEL.keras [--data-file DATA.npz] -o DIR      (not implemented yet)
-  retroq inspect    MODEL.tflite [--json]
+  retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
 
 commands:
   synthesize   synthesize calibration images from the model itself and save them (.npz)
@@ -68,10 +68,16 @@ convert flags:
   --weight-bits B       8 (default), 6 or 4: weights limited to +-(2^(B-1)-1), int8 tensors
   --io T                int8 (default) or float model inputs/outputs
   --report PATH         also write a JSON report (config, input space, synthesis, layers)
+  --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
+                        SHAPE/STRIDED_SLICE/PACK ops around Flatten/Reshape
   (--scheme hybrid, --threshold, --max-per-channel and --nonuniform are not implemented yet)
 
 inspect flags:
   --json                print the inspection as JSON instead of a table
+  --target T[,T...]     also estimate the model on targets: ethos-u55-128, ethos-u65-256,
+                        ethos-u85-256 (Arm Vela: NPU time, operator placement, SRAM, flash,
+                        encoded weights) or tflm (TFLite Micro runtime: tensor arena);
+                        needs `pip install tflite_retroq[targets]`
 
 Errors print one line `retroq: error: ...` on stderr and exit with code 2.
 """
@@ -102,6 +108,9 @@ flags.DEFINE_list("input-std", None, "Per-channel std: model_input = (pixel - me
 flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in this range.")
 flags.DEFINE_boolean("quiet", False, "No progress bar on stderr.")
 flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
+# --- targets: static-shape export and target estimates
+flags.DEFINE_integer("static-batch", None, "convert: fix the batch dimension (1 for MCUs/NPUs).")
+flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-u85-256 and/or tflm.")
 
 # Absurd integers are refused while the flags are parsed (one line, exit 2), before they can
 # overflow a C long or ask for terabytes. The limits are far above any sensible run.
@@ -124,9 +133,9 @@ _INPUT = ("input-mean", "input-std", "input-range")
 _ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *_SYNTH, *_INPUT},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "weight-bits",
-                "nonuniform", "io", "report", "quiet", *_SYNTH, *_INPUT},
+                "nonuniform", "io", "report", "quiet", "static-batch", *_SYNTH, *_INPUT},
     "analyze": {"output", "data-file", "quiet"},
-    "inspect": {"json"},
+    "inspect": {"json", "target"},
 }
 _OWN = sorted(set().union(*_ALLOWED.values()))
 
@@ -280,6 +289,7 @@ def cmd_convert(args: Sequence[str]) -> int:
     if bits not in (8, 6, 4):
         raise ConfigError(f"--weight-bits {bits} is not supported; choose 8, 6 or 4.")
     qcfg = QuantizationConfig(scheme=_flag("scheme"), weight_bits=bits, io=_flag("io"))
+    static_batch = _static_batch()
     scfg = _synthesis_config(_flag("data") or _DEFAULTS.mode.value) if data_file is None else None
     spec = _input_spec()
     report_path = _flag("report")
@@ -299,9 +309,9 @@ def cmd_convert(args: Sequence[str]) -> int:
         seconds["synthesis"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     from tflite_retroq.converter import calibrate
-    calibrated, logit_range = calibrate(model, dataset, return_info=True)
+    calibrated, logit_range = calibrate(model, dataset, return_info=True, batch_size=static_batch)
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
-                     calibrated=calibrated)
+                     calibrated=calibrated, batch_size=static_batch)
     seconds["conversion"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
 
@@ -317,7 +327,8 @@ def cmd_convert(args: Sequence[str]) -> int:
         source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
                   else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
         text = to_json(convert_report(
-            model_path=model_path, output_path=output, quantization=qcfg.to_dict(), data_source=source,
+            model_path=model_path, output_path=output, data_source=source,
+            quantization=qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
             inspection=inspect_model(tflite), version=__version__))
         # Both files are fully written to temporaries before either is renamed into place.
@@ -349,18 +360,50 @@ def cmd_analyze(args: Sequence[str]) -> int:
 
 def cmd_inspect(args: Sequence[str]) -> int:
     path = _positional("inspect", args, "a .tflite file")
+    targets = _targets()
     from tflite_retroq.tflite.model import read_bytes
     data = read_bytes(path)
     from tflite_retroq.tflite.inspect import inspect_model
     info = inspect_model(data)
+    estimates = _estimates(data, targets)  # every estimate done before anything is printed
     if _flag("json"):
         from tflite_retroq.report import to_json
-        sys.stdout.write(to_json(dict(info, path=path)))
+        extra = {"targets": estimates} if targets else {}
+        sys.stdout.write(to_json(dict(info, path=path, **extra)))
     else:
         from tflite_retroq.report import format_inspect
         _say(f"{path}")
         _say(format_inspect(info))
+        if targets:
+            from tflite_retroq.report import format_targets
+            _say("")
+            _say(format_targets(estimates))
     return 0
+
+
+# ----------------------------------------------------------------------------- targets (static batch, estimates)
+
+def _static_batch() -> Optional[int]:
+    n = _flag("static-batch")
+    if n is not None and n < 1:
+        raise ConfigError(f"--static-batch {n} must be a positive integer (1 for microcontrollers and NPUs).")
+    return n
+
+
+def _targets() -> List[str]:
+    from tflite_retroq.targets import TARGETS
+    names = [t.strip() for t in (_flag("target") or []) if t.strip()]
+    if _present("target") and not names:
+        raise ConfigError(f"--target needs a value; choose from {', '.join(TARGETS)}.")
+    for t in names:
+        if t not in TARGETS:
+            raise ConfigError(f"--target {t!r} is not known; choose from {', '.join(TARGETS)}.")
+    return list(dict.fromkeys(names))
+
+
+def _estimates(data: bytes, targets: Sequence[str]) -> dict:
+    from tflite_retroq.targets import estimate
+    return {t: estimate(data, t) for t in targets}
 
 
 _HANDLERS = {"synthesize": cmd_synthesize, "convert": cmd_convert, "analyze": cmd_analyze, "inspect": cmd_inspect}

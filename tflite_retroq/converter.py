@@ -56,27 +56,36 @@ def _keras_converter(model):
 LOGIT_RANGE_MODES = ("auto", "reachable", "calibrated")
 
 
-def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", return_info: bool = False):
+def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", return_info: bool = False,
+              batch_size: Optional[int] = None):
     """Float .tflite with BN folded and activation min/max recorded from `data`.
 
     `logit_range`: "reachable" widens the logits' range to what the classifier can reach over
     the feature ranges seen in `data` (synthetic images are never as confident as real ones,
     so min/max clips the deciding logit; see tflite/ranges.py); "calibrated" keeps min/max;
     "auto" widens for synthetic datasets only. With return_info, returns (bytes, LogitRange|None).
+    `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
     """
     import tensorflow as tf
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches
     from tflite_retroq.tflite.ranges import widen_logit_range
     if logit_range not in LOGIT_RANGE_MODES:
         raise ConfigError(f"logit_range={logit_range!r} is not valid; choose one of {', '.join(LOGIT_RANGE_MODES)}.")
+    batch_size = check_batch_size(batch_size)
     model = as_model(model)
     info = validate_classifier(model)
+    gen = _as_generator(data, info.input_shape)
+    if batch_size is not None:
+        model, gen = fixed_batch_model(model, batch_size), fixed_batches(gen, batch_size)
     conv = _keras_converter(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _as_generator(data, info.input_shape)
+    conv.representative_dataset = gen
     conv._experimental_calibrate_only = True
     try:
         with _quiet():
             calibrated = bytes(conv.convert())
+    except RetroQError:
+        raise
     except Exception as e:
         if is_out_of_memory(e):
             raise OutOfMemoryError("Out of memory while calibrating with TFLite; lower the number of calibration "
@@ -141,26 +150,32 @@ def _check_fully_integer(model_bytes: bytes) -> None:
 
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
-            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto") -> bytes:
+            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto",
+            batch_size: Optional[int] = None) -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
     tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
     `calibrate`) to skip calibration when producing several variants. `logit_range`: see
-    `calibrate`.
+    `calibrate`. `batch_size=1` exports a fixed batch: no SHAPE/STRIDED_SLICE/PACK around
+    Flatten (for TFLM, Vela).
     """
+    from tflite_retroq.static_shape import check_calibrated_batch
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     if calibrated is None:
-        calibrated = calibrate(model, data, logit_range=logit_range)
+        calibrated = calibrate(model, data, logit_range=logit_range, batch_size=batch_size)
+    check_calibrated_batch(calibrated, batch_size)
     quantized = quantize_calibrated(calibrated, cfg.scheme, cfg.io)
     if cfg.weight_bits != 8:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
     return quantized
 
 
-def float_tflite(model) -> bytes:
+def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:
     """Plain float32 .tflite of the model (the accuracy reference on the interpreter)."""
-    conv = _keras_converter(as_model(model))
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model
+    model, batch_size = as_model(model), check_batch_size(batch_size)
+    conv = _keras_converter(model if batch_size is None else fixed_batch_model(model, batch_size))
     with _quiet():
         return bytes(conv.convert())
