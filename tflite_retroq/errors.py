@@ -31,3 +31,7 @@ class OutputError(RetroQError):
 
 class ConfigError(RetroQError):
     """Options that are invalid or conflict with each other."""
+
+
+class QuantizationError(RetroQError):
+    """A weight tensor cannot be quantized as asked (empty, non-finite, too few levels)."""
