@@ -7,10 +7,13 @@ written by `tflite_micro.tensorflow.lite.micro.compression.compress`, never by
 hand. Packed files run on the TFLite Micro runtime, NOT on LiteRT (which has no
 DECODE kernel).
 
-Per tensor the smaller of the two layouts is chosen: one table for the whole
-tensor, or one table per output channel (along the tensor's quantized dimension;
-per-channel non-uniform levels differ from channel to channel). Tensors that
-would not shrink are left as they are.
+The table layout follows the tensor's quantization: one table for a per-tensor
+quantized weight, one table per output channel (along its quantized dimension)
+for a per-channel one. Measured here (TFLM in tflite-micro, this venv): a
+per-channel quantized tensor packed with ONE shared table decodes to wrong
+outputs on TFLM (and a per-tensor one packed per channel too), although the
+values are representable either way; so the layout is never chosen by size.
+Tensors that would not shrink are left as they are.
 """
 from __future__ import annotations
 
@@ -54,22 +57,21 @@ def _bits(distinct: int) -> int:
 
 
 def _choose(w: np.ndarray, sg_i: int, t_i: int, name: str, channel_axis: Optional[int]) -> Optional[LutChoice]:
+    """One table for a per-tensor quantized tensor, one per channel (along `channel_axis`) for a
+    per-channel one; None when LUT cannot hold it (more than 128 values per table) or it would grow."""
     n = int(w.size)
-    options = []
     d = int(np.unique(w).size)
-    if _bits(d) <= MAX_INDEX_BITS:
-        b = _bits(d)
-        options.append(LutChoice(sg_i, t_i, name, n, d, b, None, 1, d, (n * b + 7) // 8 + d + _DCM_BYTES))
-    if channel_axis is not None and w.ndim > 1 and channel_axis in (0, w.ndim - 1):
+    if channel_axis is None:
+        b, tables, tl = _bits(d), 1, d
+    else:
+        if w.ndim < 2 or channel_axis not in (0, w.ndim - 1):
+            return None  # the DECODE kernel supports the first and the last axis only
         per = [int(np.unique(s).size) for s in np.moveaxis(w, channel_axis, 0)]
-        b, c, tl = _bits(max(per)), w.shape[channel_axis], max(per)
-        if b <= MAX_INDEX_BITS:
-            options.append(LutChoice(sg_i, t_i, name, n, d, b, channel_axis, c, tl,
-                                     (n * b + 7) // 8 + c * tl + _DCM_BYTES))
-    if not options:
+        b, tables, tl = _bits(max(per)), w.shape[channel_axis], max(per)
+    if b > MAX_INDEX_BITS:
         return None
-    best = min(options, key=lambda o: o.packed_bytes)
-    return best if best.packed_bytes < n * w.itemsize else None
+    c = LutChoice(sg_i, t_i, name, n, d, b, channel_axis, tables, tl, (n * b + 7) // 8 + tables * tl + _DCM_BYTES)
+    return c if c.packed_bytes < n * w.itemsize else None
 
 
 def lut_plan(model_bytes: bytes) -> List[LutChoice]:
@@ -85,8 +87,7 @@ def lut_plan(model_bytes: bytes) -> List[LutChoice]:
         if w is None:
             continue
         seen.add((wop.subgraph, wop.weight))
-        axis = tfm.quantized_dimension(t) if tfm.scales(t).size > 1 else (3 if wop.kind == "DEPTHWISE_CONV_2D"
-                                                                          else 0)
+        axis = tfm.quantized_dimension(t) if tfm.scales(t).size > 1 else None
         c = _choose(w, int(wop.subgraph), int(wop.weight), tfm.tensor_name(t), axis)
         if c is not None:
             plan.append(c)
@@ -98,6 +99,14 @@ def is_packed(model_bytes: bytes) -> bool:
     model = tfm.read(model_bytes)
     return any(tfm.op_name(model, op) == DECODE_OP or _custom_code(model, op) == DECODE_OP
                for sg in model.subgraphs for op in sg.operators)
+
+
+def refuse_packed(model_bytes: bytes) -> None:
+    """LiteRT has no DECODE kernel: say so instead of failing inside allocate_tensors."""
+    if DECODE_OP.encode() in bytes(model_bytes) and is_packed(model_bytes):  # cheap pre-check first
+        raise TFLiteModelError("The model is LUT-packed (TFLM_DECODE operators): it runs on TFLite Micro only, "
+                               "not on LiteRT; run it with tflite_retroq.tflite.pack.run_tflm or convert without "
+                               "pack='lut'.")
 
 
 def _custom_code(model, op) -> Optional[str]:
