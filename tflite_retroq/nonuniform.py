@@ -195,11 +195,13 @@ class NonUniformResult:
         out = {"bits": self.bits, "scheme": "per-channel" if self.per_channel else "per-tensor",
                "max_levels": int(max(len(s.levels) for s in self.slices)), "clusters": []}
         for i, name in enumerate(CLUSTERS):
+            if any(len(s.clusters) != len(CLUSTERS) for s in self.slices):
+                break  # levels from another quantizer (e.g. k-means): no IQR clusters
             cs = [s.clusters[i] for s in self.slices]
             out["clusters"].append({"name": name, "count": int(sum(c.count for c in cs)),
                                     "levels": int(sum(c.levels for c in cs)),
                                     "slices_present": int(sum(c.count > 0 for c in cs))})
-        if not self.per_channel:
+        if not self.per_channel and self.slices[0].clusters:
             out["q1"], out["q3"] = self.slices[0].q1, self.slices[0].q3
             out["cluster_detail"] = [c.to_dict() for c in self.slices[0].clusters]
         return out

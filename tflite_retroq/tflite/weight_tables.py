@@ -15,7 +15,7 @@ tensor as k-bit indices plus a value table for TFLite Micro.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -23,6 +23,11 @@ from tflite_retroq import nonuniform as nu
 from tflite_retroq.errors import TFLiteModelError
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.weight_bits import matched_ops, quantize_bias, symmetric_quantize
+
+
+# (float weights, bits, channel axis or None) -> levels and codes; nu.quantize is the paper's method, a
+# benchmark may pass another (k-means) to export through the same int8-grid and bias path.
+Quantizer = Callable[[np.ndarray, int, Optional[int]], nu.NonUniformResult]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +64,12 @@ def _channel_axis(kind: str) -> int:
     return 3 if kind == "DEPTHWISE_CONV_2D" else 0
 
 
-def table_for(w: np.ndarray, kind: str, bits: int, per_channel: bool, output_name: str = "") -> TableEntry:
+def table_for(w: np.ndarray, kind: str, bits: int, per_channel: bool, output_name: str = "",
+              quantizer: Quantizer = nu.quantize) -> TableEntry:
     """Non-uniform levels of float weights `w`, snapped onto their int8 grid."""
     axis = _channel_axis(kind) if per_channel else None
     _, scale = symmetric_quantize(w, 8, axis)
-    res = nu.quantize(w, bits, axis)
+    res = quantizer(w, bits, axis)
     int_levels = [np.clip(np.round(lv / float(s)), -127, 127).astype(np.int8)
                   for lv, s in zip(res.levels, scale if axis is not None else scale[:1])]
     if axis is None:
@@ -73,7 +79,8 @@ def table_for(w: np.ndarray, kind: str, bits: int, per_channel: bool, output_nam
     return TableEntry(output_name, kind, res, scale, int_levels, q.astype(np.int8))
 
 
-def _entries(model, cal, bits: int) -> Iterator[Tuple[tfm.WeightOp, tfm.WeightOp, TableEntry]]:
+def _entries(model, cal, bits: int, quantizer: Quantizer = nu.quantize
+             ) -> Iterator[Tuple[tfm.WeightOp, tfm.WeightOp, TableEntry]]:
     for wop, fop in matched_ops(model, cal):
         wt = model.subgraphs[wop.subgraph].tensors[wop.weight]
         if wt.type != 9:  # only int8 weights (a float or int16 layer is left as it is)
@@ -81,15 +88,16 @@ def _entries(model, cal, bits: int) -> Iterator[Tuple[tfm.WeightOp, tfm.WeightOp
         w = tfm.tensor_array(cal, cal.subgraphs[fop.subgraph], fop.weight)
         if w is None or w.dtype != np.float32:
             raise TFLiteModelError(f"Op {wop.output_name!r}: the calibrated model has no float weights for it.")
-        yield wop, fop, table_for(w, wop.kind, bits, tfm.scales(wt).size > 1, wop.output_name)
+        yield wop, fop, table_for(w, wop.kind, bits, tfm.scales(wt).size > 1, wop.output_name, quantizer)
 
 
-def write_tables(quantized: bytes, calibrated: bytes, bits: int) -> Tuple[bytes, List[TableEntry]]:
+def write_tables(quantized: bytes, calibrated: bytes, bits: int, quantizer: Quantizer = nu.quantize
+                 ) -> Tuple[bytes, List[TableEntry]]:
     """bytes -> (bytes, what was written): non-uniform `bits`-bit weights in every int8 weight tensor."""
     bits = nu.check_bits(bits)
     model, cal = tfm.read(quantized), tfm.read(calibrated)
     entries = []
-    for wop, fop, e in _entries(model, cal, bits):
+    for wop, fop, e in _entries(model, cal, bits, quantizer):
         sg, fsg = model.subgraphs[wop.subgraph], cal.subgraphs[fop.subgraph]
         axis = e.result.axis
         tfm.set_tensor_data(model, sg, wop.weight, e.q)
@@ -114,25 +122,26 @@ def nonuniform_weights(quantized: bytes, calibrated: bytes, bits: int) -> bytes:
     return write_tables(quantized, calibrated, bits)[0]
 
 
-def simulated_model(quantized: bytes, calibrated: bytes, bits: int, *, snap: bool = False) -> bytes:
+def simulated_model(quantized: bytes, calibrated: bytes, bits: int, *, snap: bool = False,
+                    quantizer: Quantizer = nu.quantize) -> bytes:
     """A float .tflite (the calibrated model) carrying the non-uniform weights of `quantized`'s
     schemes: unsnapped levels (snap=False, what k = 8 non-uniform really is) or the int8-snapped
     ones (snap=True, what the exported model holds). Activations stay float: it isolates the
     weight quantization."""
     bits = nu.check_bits(bits)
     model, cal = tfm.read(quantized), tfm.read(calibrated)
-    for wop, fop, e in _entries(model, cal, bits):
+    for wop, fop, e in _entries(model, cal, bits, quantizer):
         fsg = cal.subgraphs[fop.subgraph]
         wq = e.dequantize_int8() if snap else e.result.dequantize()
         tfm.set_tensor_data(cal, fsg, fop.weight, wq.astype(np.float32))
     return tfm.write(cal)
 
 
-def tables(quantized: bytes, calibrated: bytes, bits: int) -> Dict[str, dict]:
+def tables(quantized: bytes, calibrated: bytes, bits: int, quantizer: Quantizer = nu.quantize) -> Dict[str, dict]:
     """Per-layer summary (clusters, levels, merges on the int8 grid, weight SQNR) without writing."""
     model, cal = tfm.read(quantized), tfm.read(calibrated)
     out = {}
-    for wop, fop, e in _entries(model, cal, nu.check_bits(bits)):
+    for wop, fop, e in _entries(model, cal, nu.check_bits(bits), quantizer):
         w = tfm.tensor_array(cal, cal.subgraphs[fop.subgraph], fop.weight)
         out[wop.output_name] = e.summary(w)
     return out
