@@ -11,8 +11,8 @@ Public API (everything else is internal and may change):
 from tflite_retroq.config import InputSpec, IOType, QuantizationConfig, Scheme, SynthesisConfig, SynthesisMode
 from tflite_retroq.converter import calibrate, convert, float_tflite, quantize_calibrated
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutputError, RetroQError,
-                                  TFLiteModelError)
+from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutputError, QuantizationError,
+                                  RetroQError, TFLiteModelError)
 from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
 from tflite_retroq.keras_tools import fold_batchnorm, load_model
 from tflite_retroq.synthesis import synthesize
@@ -30,4 +30,5 @@ __all__ = [
     "evaluate", "run_tflite", "EvalResult", "fold_batchnorm", "load_model", "SyntheticDataset",
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
+    "QuantizationError",
 ]

@@ -26,7 +26,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from tflite_retroq.errors import DataError, TFLiteModelError
+from tflite_retroq.errors import ConfigError, DataError, TFLiteModelError
 from tflite_retroq.tflite import model as tfm
 
 DECODE_OP = "TFLM_DECODE"
@@ -50,6 +50,16 @@ class LutChoice:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _tflm(module: str):
+    """A tflite_micro module, or a ConfigError saying how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(f"tflite_micro.{module}")
+    except ImportError:
+        raise ConfigError("LUT packing and the TFLite Micro runtime need the tflite-micro package: "
+                          "pip install 'tflite_retroq[targets]' (or pip install tflite-micro).") from None
 
 
 def _bits(distinct: int) -> int:
@@ -122,10 +132,9 @@ def pack_lut(model_bytes: bytes) -> bytes:
     if not plan:
         raise TFLiteModelError("No weight tensor has few enough distinct values (at most 128) to shrink with "
                                "LUT packing.")
-    import importlib
     # The package's __init__ re-exports a function named `compress`; take the module itself.
-    compress = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.compress")
-    spec = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.spec")
+    compress = _tflm("tensorflow.lite.micro.compression.compress")
+    spec = _tflm("tensorflow.lite.micro.compression.spec")
     specs = [spec.Tensor(subgraph=c.subgraph, tensor=c.tensor, compression=[spec.LookUpTableCompression(
         index_bitwidth=c.index_bits, mode=spec.PerTensor() if c.axis is None else spec.PerChannel(axis=c.axis))])
         for c in plan]
@@ -144,7 +153,7 @@ def run_tflm(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
     A small runner for packed models (LiteRT cannot run DECODE); int8 I/O is
     (de)quantized with the model's own parameters, as `evaluate.run_tflite` does.
     """
-    from tflite_micro.python.tflite_micro import runtime
+    runtime = _tflm("python.tflite_micro.runtime")
     images = np.asarray(images, np.float32)
     try:
         it = runtime.Interpreter.from_bytes(bytes(model_bytes))
