@@ -206,3 +206,40 @@ def flatten_model():
     model = keras.Model(inp, out, name="tiny_flatten")
     _randomize_biases(model, np.random.default_rng(11))
     return model
+
+
+def build_lut_model(seed=11):
+    """Large enough for LUT packing to shrink a tensor (a 3x3x16->32 conv, 4608 weights), still tiny:
+    Rescaling -> Conv(16) -> BN -> ReLU -> DepthwiseConv -> Conv(32, stride 2, ReLU) -> GAP -> Dense."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((H, W, C), name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inp)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv1")(x)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(NUM_CLASSES, name="fc")(x)
+    model = keras.Model(inp, out, name="tiny_lut")
+    rng = np.random.default_rng(seed)
+    set_bn_stats(model.get_layer("bn1"), rng)
+    _randomize_biases(model, rng)
+    k = model.get_layer("conv2").kernel.numpy()  # heavy tails, as trained weights have
+    model.get_layer("conv2").kernel.assign((k * (1 + 3 * (rng.random(k.shape) < 0.02))).astype(np.float32))
+    return model
+
+
+@pytest.fixture(scope="session")
+def lut_model():
+    return build_lut_model()
+
+
+@pytest.fixture(scope="session")
+def lut_calibrated(lut_model):
+    """(calibrated float .tflite, retro data) of lut_model: calibrate once, quantize many ways."""
+    import tflite_retroq as rq
+    data = rq.synthesize(lut_model, rq.SynthesisConfig(mode="retro", samples_per_class=4, iterations=20, seed=3),
+                         progress=False)
+    return rq.calibrate(lut_model, data), data

@@ -12,7 +12,7 @@ from tflite_retroq.config import InputSpec, IOType, QuantizationConfig, Scheme, 
 from tflite_retroq.converter import calibrate, convert, float_tflite, quantize_calibrated
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutOfMemoryError, OutputError,
-                                  RetroQError, TFLiteModelError)
+                                  QuantizationError, RetroQError, TFLiteModelError)
 from tflite_retroq.errors import TargetError
 from tflite_retroq.targets import TFLMResult, VelaEstimate, litert_latency, tflm_run, vela_estimate
 from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
@@ -32,7 +32,7 @@ __all__ = [
     "evaluate", "run_tflite", "EvalResult", "fold_batchnorm", "load_model", "SyntheticDataset",
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
-    "OutOfMemoryError",
+    "OutOfMemoryError", "QuantizationError",
     # targets: Vela (Ethos-U), TFLite Micro, LiteRT latency
     "TargetError", "vela_estimate", "VelaEstimate", "tflm_run", "TFLMResult", "litert_latency",
 ]

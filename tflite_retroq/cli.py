@@ -29,9 +29,8 @@ usage:
                     [--batch-size N] [--iterations N] [--seed S] [input flags] [--quiet]
   retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
-                    [--scheme per-channel|per-tensor]
-                    [--weight-bits 8|6|4] [--io int8|float] [--report REPORT.json]
-                    [--static-batch N] [input flags] [--quiet]
+                    [--scheme per-channel|per-tensor] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
+                    [--io int8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
   retroq analyze    MODEL.keras [--data-file DATA.npz] -o DIR      (not implemented yet)
   retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
 
@@ -66,11 +65,16 @@ convert flags:
   --data-file PATH      calibrate with a dataset from `retroq synthesize` instead
   --scheme S            per-channel (default) or per-tensor weights
   --weight-bits B       8 (default), 6 or 4: weights limited to +-(2^(B-1)-1), int8 tensors
+  --nonuniform          2^B non-uniform levels per weight tensor (per channel with
+                        --scheme per-channel) from IQR clusters, snapped onto the int8 grid
+  --pack lut            store weight tensors as B-bit indices + value tables (TFLite Micro
+                        LUT compression): the file shrinks but runs on TFLite Micro ONLY,
+                        not on LiteRT
   --io T                int8 (default) or float model inputs/outputs
   --report PATH         also write a JSON report (config, input space, synthesis, layers)
   --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
                         SHAPE/STRIDED_SLICE/PACK ops around Flatten/Reshape
-  (--scheme hybrid, --threshold, --max-per-channel and --nonuniform are not implemented yet)
+  (--scheme hybrid, --threshold and --max-per-channel are not implemented yet)
 
 inspect flags:
   --json                print the inspection as JSON instead of a table
@@ -100,7 +104,8 @@ flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid
 flags.DEFINE_float("threshold", None, "convert --scheme hybrid: sensitivity threshold (not implemented yet).")
 flags.DEFINE_integer("max-per-channel", None, "convert --scheme hybrid: layer budget (not implemented yet).")
 flags.DEFINE_integer("weight-bits", 8, "convert: weight bits, 8, 6 or 4.")
-flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform weights (not implemented yet).")
+flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) weight levels.")
+flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
 flags.DEFINE_enum("io", "int8", ["int8", "float"], "convert: model input/output type.")
 flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
 flags.DEFINE_list("input-mean", None, "Per-channel mean: model_input = (pixel - mean) / std.")
@@ -133,7 +138,7 @@ _INPUT = ("input-mean", "input-std", "input-range")
 _ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *_SYNTH, *_INPUT},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "weight-bits",
-                "nonuniform", "io", "report", "quiet", "static-batch", *_SYNTH, *_INPUT},
+                "nonuniform", "pack", "io", "report", "quiet", "static-batch", *_SYNTH, *_INPUT},
     "analyze": {"output", "data-file", "quiet"},
     "inspect": {"json", "target"},
 }
@@ -273,8 +278,6 @@ def cmd_convert(args: Sequence[str]) -> int:
     for name in ("threshold", "max-per-channel"):
         if _present(name):
             raise ConfigError(f"--{name} (hybrid scheme) {_NOT_YET}.")
-    if _flag("nonuniform"):
-        raise ConfigError(f"--nonuniform {_NOT_YET}.")
     data_file = _flag("data-file")
     if data_file is not None:
         if _present("data"):
@@ -311,7 +314,8 @@ def cmd_convert(args: Sequence[str]) -> int:
     from tflite_retroq.converter import calibrate
     calibrated, logit_range = calibrate(model, dataset, return_info=True, batch_size=static_batch)
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
-                     calibrated=calibrated, batch_size=static_batch)
+                     calibrated=calibrated, batch_size=static_batch, nonuniform=_flag("nonuniform"),
+                     pack=_flag("pack"))
     seconds["conversion"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
 
@@ -347,9 +351,11 @@ def cmd_convert(args: Sequence[str]) -> int:
              f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
              "than real ones)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
-    _say(f"wrote {output}: {len(tflite)} bytes ({qcfg.scheme.value}, W{qcfg.weight_bits}, {qcfg.io.value} I/O, "
+    kind = f"{'non-uniform ' if _flag('nonuniform') else ''}W{qcfg.weight_bits}"
+    _say(f"wrote {output}: {len(tflite)} bytes ({qcfg.scheme.value}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
-         + (f"; report {report_path}" if report_path else ""))
+         + (f"; report {report_path}" if report_path else "")
+         + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if _flag("pack") else ""))
     return 0
 
 

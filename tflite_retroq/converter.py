@@ -151,25 +151,29 @@ def _check_fully_integer(model_bytes: bytes) -> None:
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
             io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto",
-            batch_size: Optional[int] = None) -> bytes:
+            batch_size: Optional[int] = None, nonuniform: bool = False, pack: Optional[str] = None) -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
     tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
     `calibrate`) to skip calibration when producing several variants. `logit_range`: see
     `calibrate`. `batch_size=1` exports a fixed batch: no SHAPE/STRIDED_SLICE/PACK around
-    Flatten (for TFLM, Vela).
+    Flatten (for TFLM, Vela). `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
+    tensor (or channel) instead of a uniform grid (tflite.weight_tables). `pack="lut"`: weight
+    tables packed for TFLite Micro (tflite.pack); such a file runs on TFLM, not on LiteRT.
     """
     from tflite_retroq.static_shape import check_calibrated_batch
+    from tflite_retroq.tflite.weight_tables import check_options, finish
+    check_options(nonuniform, pack, weight_bits)
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     if calibrated is None:
         calibrated = calibrate(model, data, logit_range=logit_range, batch_size=batch_size)
     check_calibrated_batch(calibrated, batch_size)
     quantized = quantize_calibrated(calibrated, cfg.scheme, cfg.io)
-    if cfg.weight_bits != 8:
+    if cfg.weight_bits != 8 and not nonuniform:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
-    return quantized
+    return finish(quantized, calibrated, cfg.weight_bits, nonuniform, pack)
 
 
 def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:

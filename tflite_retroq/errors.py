@@ -65,3 +65,7 @@ def out_of_memory_as_error(what: str, fix: str = "lower batch_size or the number
 
 class TargetError(RetroQError):
     """A target tool (Vela, the TFLite Micro runtime) is missing or rejected the model."""
+
+
+class QuantizationError(RetroQError):
+    """A weight tensor cannot be quantized as asked (empty, non-finite, too few levels)."""

@@ -38,6 +38,8 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
     are dequantized, so results compare directly with the Keras model.
     """
     images = np.asarray(images, np.float32)
+    from tflite_retroq.tflite.pack import refuse_packed
+    refuse_packed(model_bytes)
     it = _interpreter(model_bytes, resolver, num_threads)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     if tuple(inp["shape"][1:]) != tuple(images.shape[1:]):

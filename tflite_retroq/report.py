@@ -111,6 +111,7 @@ def format_inspect(info: Dict, name_width: int = 36) -> str:
                  _shape(l["weight_shape"]), l["scheme"], str(l["num_scales"]), _num(l["distinct_values"]),
                  _num(l["weight_bits"])] for l in info["layers"]]
         out += _table(["op", "output", "dtype", "shape", "scheme", "scales", "distinct", "bits"], rows)
+    out += _format_tables(info, name_width)
     return "\n".join(out)
 
 
@@ -135,3 +136,18 @@ def format_targets(estimates: Dict[str, Dict]) -> str:
                    f"SRAM {e['sram_bytes']:,} bytes, flash {e['flash_bytes']:,} bytes"
                    + (f", DRAM {e['dram_bytes']:,} bytes" if e["dram_bytes"] else ""))
     return "\n".join(out)
+
+
+def _format_tables(info: Dict, name_width: int) -> List[str]:
+    """Weight tables (LUT): as packed, or as `--pack lut` would pack them; and which runtime runs the file."""
+    if "tables" not in info:
+        return []
+    out = ["", f"runtime: {info['runtime']}", "weight tables (LUT" + (", packed):" if info["lut_packed"]
+                                                                      else ", if packed with --pack lut):")]
+    rows = [[t["op"], _short(t["output"], name_width), _num(t["distinct_values"]),
+             _num(t["index_bits"]), "-" if t["index_bits"] is None else
+             ("tensor" if t["axis"] is None else f"axis {t['axis']}"),
+             _num(t["tables"]), _num(t["table_len"]), str(t["plain_bytes"]), _num(t["packed_bytes"])]
+            for t in info["tables"]]
+    return out + _table(["op", "output", "distinct", "index bits", "tables per", "tables", "table len",
+                         "plain B", "packed B"], rows)
