@@ -123,6 +123,9 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
     cfg = QuantizationConfig(scheme=scheme, io=io)
+    if cfg.scheme == Scheme.HYBRID:
+        raise ConfigError("scheme='hybrid' needs the Keras model and images for its sensitivity analysis; "
+                          "use convert(model, data, scheme='hybrid', calibrated=...).")
     io_type = tf.int8 if cfg.io == IOType.INT8 else tf.float32
     with _quiet():
         # fully_quantize=False as TFLiteConverter does: the I/O types then follow
@@ -151,7 +154,9 @@ def _check_fully_integer(model_bytes: bytes) -> None:
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
             io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto",
-            batch_size: Optional[int] = None, nonuniform: bool = False, pack: Optional[str] = None) -> bytes:
+            batch_size: Optional[int] = None, nonuniform: bool = False, pack: Optional[str] = None,
+            threshold: Optional[float] = None, max_per_channel: Optional[int] = None,
+            fully_connected_per_tensor: bool = False, plan=None) -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
@@ -161,16 +166,25 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     Flatten (for TFLM, Vela). `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
     tensor (or channel) instead of a uniform grid (tflite.weight_tables). `pack="lut"`: weight
     tables packed for TFLite Micro (tflite.pack); such a file runs on TFLM, not on LiteRT.
+
+    scheme='hybrid': per-tensor, except the layers whose per-channel sensitivity gain
+    (KL_PT - KL_PC on `data`, at `weight_bits`) exceeds `threshold` (default 0), at most
+    `max_per_channel` of them, FULLY_CONNECTED excluded if `fully_connected_per_tensor`;
+    or exactly the layers of a precomputed `plan` (sensitivity.HybridPlan).
     """
+    from tflite_retroq import hybrid
     from tflite_retroq.static_shape import check_calibrated_batch
     from tflite_retroq.tflite.weight_tables import check_options, finish
     check_options(nonuniform, pack, weight_bits)
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
+    hcfg = hybrid.hybrid_config(cfg.scheme, threshold, max_per_channel, fully_connected_per_tensor, plan)
     if calibrated is None:
         calibrated = calibrate(model, data, logit_range=logit_range, batch_size=batch_size)
     check_calibrated_batch(calibrated, batch_size)
-    quantized = quantize_calibrated(calibrated, cfg.scheme, cfg.io)
+    quantized = quantize_calibrated(calibrated, Scheme.PER_TENSOR if hcfg is not None else cfg.scheme, cfg.io)
+    if hcfg is not None:
+        quantized = hybrid.hybrid(model, data, quantized, calibrated, hcfg, weight_bits=cfg.weight_bits, plan=plan)
     if cfg.weight_bits != 8 and not nonuniform:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
     return finish(quantized, calibrated, cfg.weight_bits, nonuniform, pack)
