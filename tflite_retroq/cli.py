@@ -29,11 +29,10 @@ usage:
                     [--batch-size N] [--iterations N] [--seed S] [input flags] [--quiet]
   retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
-                    [--scheme per-channel|per-tensor]
-                    [--weight-bits 8|6|4] [--io int8|float] [--report REPORT.json]
-                    [input flags] [--quiet]
+                    [--scheme per-channel|per-tensor] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
+                    [--io int8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
   retroq analyze    MODEL.keras [--data-file DATA.npz] -o DIR      (not implemented yet)
-  retroq inspect    MODEL.tflite [--json]
+  retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
 
 commands:
   synthesize   synthesize calibration images from the model itself and save them (.npz)
@@ -66,12 +65,23 @@ convert flags:
   --data-file PATH      calibrate with a dataset from `retroq synthesize` instead
   --scheme S            per-channel (default) or per-tensor weights
   --weight-bits B       8 (default), 6 or 4: weights limited to +-(2^(B-1)-1), int8 tensors
+  --nonuniform          2^B non-uniform levels per weight tensor (per channel with
+                        --scheme per-channel) from IQR clusters, snapped onto the int8 grid
+  --pack lut            store weight tensors as B-bit indices + value tables (TFLite Micro
+                        LUT compression): the file shrinks but runs on TFLite Micro ONLY,
+                        not on LiteRT
   --io T                int8 (default) or float model inputs/outputs
   --report PATH         also write a JSON report (config, input space, synthesis, layers)
-  (--scheme hybrid, --threshold, --max-per-channel and --nonuniform are not implemented yet)
+  --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
+                        SHAPE/STRIDED_SLICE/PACK ops around Flatten/Reshape
+  (--scheme hybrid, --threshold and --max-per-channel are not implemented yet)
 
 inspect flags:
   --json                print the inspection as JSON instead of a table
+  --target T[,T...]     also estimate the model on targets: ethos-u55-128, ethos-u65-256,
+                        ethos-u85-256 (Arm Vela: NPU time, operator placement, SRAM, flash,
+                        encoded weights) or tflm (TFLite Micro runtime: tensor arena);
+                        needs `pip install tflite_retroq[targets]`
 
 Errors print one line `retroq: error: ...` on stderr and exit with code 2.
 """
@@ -94,7 +104,8 @@ flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid
 flags.DEFINE_float("threshold", None, "convert --scheme hybrid: sensitivity threshold (not implemented yet).")
 flags.DEFINE_integer("max-per-channel", None, "convert --scheme hybrid: layer budget (not implemented yet).")
 flags.DEFINE_integer("weight-bits", 8, "convert: weight bits, 8, 6 or 4.")
-flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform weights (not implemented yet).")
+flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) weight levels.")
+flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
 flags.DEFINE_enum("io", "int8", ["int8", "float"], "convert: model input/output type.")
 flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
 flags.DEFINE_list("input-mean", None, "Per-channel mean: model_input = (pixel - mean) / std.")
@@ -102,6 +113,9 @@ flags.DEFINE_list("input-std", None, "Per-channel std: model_input = (pixel - me
 flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in this range.")
 flags.DEFINE_boolean("quiet", False, "No progress bar on stderr.")
 flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
+# --- targets: static-shape export and target estimates
+flags.DEFINE_integer("static-batch", None, "convert: fix the batch dimension (1 for MCUs/NPUs).")
+flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-u85-256 and/or tflm.")
 
 # Absurd integers are refused while the flags are parsed (one line, exit 2), before they can
 # overflow a C long or ask for terabytes. The limits are far above any sensible run.
@@ -124,9 +138,9 @@ _INPUT = ("input-mean", "input-std", "input-range")
 _ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *_SYNTH, *_INPUT},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "weight-bits",
-                "nonuniform", "io", "report", "quiet", *_SYNTH, *_INPUT},
+                "nonuniform", "pack", "io", "report", "quiet", "static-batch", *_SYNTH, *_INPUT},
     "analyze": {"output", "data-file", "quiet"},
-    "inspect": {"json"},
+    "inspect": {"json", "target"},
 }
 _OWN = sorted(set().union(*_ALLOWED.values()))
 
@@ -229,10 +243,10 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-def _say_input_space(model, spec: Optional[InputSpec]) -> None:
-    """The one assumption a data-free tool cannot check against data: say it before synthesizing."""
-    from tflite_retroq.keras_tools import resolve_input_space
-    _say(f"input space: {resolve_input_space(model, spec).source}")
+def _say_input_space(data) -> None:
+    """The one assumption a data-free tool cannot check against data: said on its own line (after
+    success, so a failed run's stdout stays empty), and recorded in the dataset and the report."""
+    _say(f"input space: {data.metadata.get('input_space', {}).get('source', 'unknown')}")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -247,11 +261,11 @@ def cmd_synthesize(args: Sequence[str]) -> int:
 
     from tflite_retroq.synthesis import synthesize
     model = _load_model(model_path)
-    _say_input_space(model, spec)
     t0 = time.perf_counter()
     data = synthesize(model, config, input_spec=spec, progress=not _flag("quiet"))
     seconds = time.perf_counter() - t0
     data.save(output)
+    _say_input_space(data)
     n = len(data)
     rate = n / seconds if seconds > 0 else float("inf")
     steady = data.metadata.get("images_per_second")
@@ -271,8 +285,6 @@ def cmd_convert(args: Sequence[str]) -> int:
     for name in ("threshold", "max-per-channel"):
         if _present(name):
             raise ConfigError(f"--{name} (hybrid scheme) {_NOT_YET}.")
-    if _flag("nonuniform"):
-        raise ConfigError(f"--nonuniform {_NOT_YET}.")
     data_file = _flag("data-file")
     if data_file is not None:
         if _present("data"):
@@ -287,6 +299,7 @@ def cmd_convert(args: Sequence[str]) -> int:
     if bits not in (8, 6, 4):
         raise ConfigError(f"--weight-bits {bits} is not supported; choose 8, 6 or 4.")
     qcfg = QuantizationConfig(scheme=_flag("scheme"), weight_bits=bits, io=_flag("io"))
+    static_batch = _static_batch()
     scfg = _synthesis_config(_flag("data") or _DEFAULTS.mode.value) if data_file is None else None
     spec = _input_spec()
     report_path = _flag("report")
@@ -302,19 +315,14 @@ def cmd_convert(args: Sequence[str]) -> int:
     t0 = time.perf_counter()
     if dataset is None:
         from tflite_retroq.synthesis import synthesize
-        _say_input_space(model, spec)
         dataset = synthesize(model, scfg, input_spec=spec, progress=not _flag("quiet"))
         seconds["synthesis"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     from tflite_retroq.converter import calibrate
-    calibrated, logit_range = calibrate(model, dataset, return_info=True)
-    if logit_range is not None and logit_range.widened != logit_range.calibrated:
-        lo, hi = logit_range.calibrated
-        _say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
-             f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
-             "than real ones)")
+    calibrated, logit_range = calibrate(model, dataset, return_info=True, batch_size=static_batch)
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
-                     calibrated=calibrated)
+                     calibrated=calibrated, batch_size=static_batch, nonuniform=_flag("nonuniform"),
+                     pack=_flag("pack"))
     seconds["conversion"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
 
@@ -330,7 +338,8 @@ def cmd_convert(args: Sequence[str]) -> int:
         source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
                   else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
         text = to_json(convert_report(
-            model_path=model_path, output_path=output, quantization=qcfg.to_dict(), data_source=source,
+            model_path=model_path, output_path=output, data_source=source,
+            quantization=qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
             inspection=inspect_model(tflite), version=__version__))
         # Both files are fully written to temporaries before either is renamed into place.
@@ -341,10 +350,19 @@ def cmd_convert(args: Sequence[str]) -> int:
                 f.write(text)
     else:
         write_bytes(output, tflite)
+    if data_file is None or "input_space" in dataset.metadata:
+        _say_input_space(dataset)
+    if logit_range is not None and logit_range.widened != logit_range.calibrated:
+        lo, hi = logit_range.calibrated
+        _say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
+             f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
+             "than real ones)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
-    _say(f"wrote {output}: {len(tflite)} bytes ({qcfg.scheme.value}, W{qcfg.weight_bits}, {qcfg.io.value} I/O, "
+    kind = f"{'non-uniform ' if _flag('nonuniform') else ''}W{qcfg.weight_bits}"
+    _say(f"wrote {output}: {len(tflite)} bytes ({qcfg.scheme.value}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
-         + (f"; report {report_path}" if report_path else ""))
+         + (f"; report {report_path}" if report_path else "")
+         + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if _flag("pack") else ""))
     return 0
 
 
@@ -355,18 +373,50 @@ def cmd_analyze(args: Sequence[str]) -> int:
 
 def cmd_inspect(args: Sequence[str]) -> int:
     path = _positional("inspect", args, "a .tflite file")
+    targets = _targets()
     from tflite_retroq.tflite.model import read_bytes
     data = read_bytes(path)
     from tflite_retroq.tflite.inspect import inspect_model
     info = inspect_model(data)
+    estimates = _estimates(data, targets)  # every estimate done before anything is printed
     if _flag("json"):
         from tflite_retroq.report import to_json
-        sys.stdout.write(to_json(dict(info, path=path)))
+        extra = {"targets": estimates} if targets else {}
+        sys.stdout.write(to_json(dict(info, path=path, **extra)))
     else:
         from tflite_retroq.report import format_inspect
         _say(f"{path}")
         _say(format_inspect(info))
+        if targets:
+            from tflite_retroq.report import format_targets
+            _say("")
+            _say(format_targets(estimates))
     return 0
+
+
+# ----------------------------------------------------------------------------- targets (static batch, estimates)
+
+def _static_batch() -> Optional[int]:
+    n = _flag("static-batch")
+    if n is not None and n < 1:
+        raise ConfigError(f"--static-batch {n} must be a positive integer (1 for microcontrollers and NPUs).")
+    return n
+
+
+def _targets() -> List[str]:
+    from tflite_retroq.targets import TARGETS
+    names = [t.strip() for t in (_flag("target") or []) if t.strip()]
+    if _present("target") and not names:
+        raise ConfigError(f"--target needs a value; choose from {', '.join(TARGETS)}.")
+    for t in names:
+        if t not in TARGETS:
+            raise ConfigError(f"--target {t!r} is not known; choose from {', '.join(TARGETS)}.")
+    return list(dict.fromkeys(names))
+
+
+def _estimates(data: bytes, targets: Sequence[str]) -> dict:
+    from tflite_retroq.targets import estimate
+    return {t: estimate(data, t) for t in targets}
 
 
 _HANDLERS = {"synthesize": cmd_synthesize, "convert": cmd_convert, "analyze": cmd_analyze, "inspect": cmd_inspect}

@@ -23,6 +23,7 @@ class SynthesisMode(str, enum.Enum):
 class Scheme(str, enum.Enum):
     PER_CHANNEL = "per-channel"
     PER_TENSOR = "per-tensor"
+    HYBRID = "hybrid"  # per-tensor, with the layers that need it per-channel (sensitivity.py)
 
 
 class IOType(str, enum.Enum):
@@ -124,8 +125,9 @@ class SynthesisConfig:
         if self.samples_per_class is not None:
             n = self.samples_per_class * num_classes
             if n > _MAX_IMAGES:
-                raise ConfigError(f"samples_per_class={self.samples_per_class} x {num_classes} classes = {n} images, "
-                                  f"more than {_MAX_IMAGES}; lower it or give a total image budget instead.")
+                raise ConfigError(f"{self.samples_per_class} images per class (--samples) x {num_classes} classes = "
+                                  f"{n} images, more than {_MAX_IMAGES}; lower --samples or give a total budget "
+                                  "with --images.")
             return n
         return self.images if self.images is not None else self.DEFAULT_IMAGES
 
@@ -227,3 +229,39 @@ def as_channels(values: Optional[Sequence[float]], channels: int, name: str):
     return tuple(values)
 
 
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridConfig:
+    """Hybrid scheme: which layers go per-channel (see sensitivity.select_layers).
+
+    threshold: per-channel iff KL_PT - KL_PC > threshold (0 for accuracy, larger for speed).
+    max_per_channel: at most this many per-channel layers, the most sensitive first (None: no cap).
+    fully_connected_per_tensor: keep every FULLY_CONNECTED per-tensor (Hexagon, Vela need it).
+    """
+
+    threshold: float = 0.0
+    max_per_channel: Optional[int] = None
+    fully_connected_per_tensor: bool = False
+
+    def __post_init__(self):
+        try:
+            th = float(self.threshold)
+        except (TypeError, ValueError):
+            raise ConfigError(f"threshold={self.threshold!r} must be a number.") from None
+        if not math.isfinite(th):
+            raise ConfigError(f"threshold={self.threshold!r} must be a finite number.")
+        object.__setattr__(self, "threshold", th)
+        n = self.max_per_channel
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise ConfigError(f"max_per_channel={n!r} must be an integer >= 0 (or None for no limit).")
+        if not isinstance(self.fully_connected_per_tensor, bool):
+            raise ConfigError(f"fully_connected_per_tensor={self.fully_connected_per_tensor!r} must be True or False.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HybridConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -61,3 +61,11 @@ def out_of_memory_as_error(what: str, fix: str = "lower batch_size or the number
         if not is_out_of_memory(e):
             raise
         raise OutOfMemoryError(f"Out of memory while {what}; {fix}.") from None
+
+
+class TargetError(RetroQError):
+    """A target tool (Vela, the TFLite Micro runtime) is missing or rejected the model."""
+
+
+class QuantizationError(RetroQError):
+    """A weight tensor cannot be quantized as asked (empty, non-finite, too few levels)."""

@@ -329,9 +329,7 @@ def _detect(model, channels: int) -> InputSpace:
         inferred = infer_input_space_from_bn(model, channels)
         if inferred is not None:
             return inferred
-        return InputSpace((0.0,) * channels, (1.0,) * channels, None, None,
-                          "assumed: N(0, 1) per channel (no preprocessing layer, no BatchNorm to infer the input "
-                          "scale from); pass --input-range LO,HI or --input-mean/--input-std if the model takes pixels")
+        return guess_input_space_from_outputs(model, channels)
     # Compose the front as an affine map post = a * x + b per channel.
     a, b, lo, hi = ones.copy(), np.zeros(channels), None, None
     norm_seen = False
@@ -429,6 +427,39 @@ def infer_input_space_from_bn(model, channels: int) -> Optional["InputSpace"]:
             return InputSpace(tuple(np.clip(m, lo, hi)), (std,) * channels, (lo,) * channels, (hi,) * channels,
                               f"{desc} -> pixels in [{lo:g}, {hi:g}]")
     return InputSpace(tuple(m), (std,) * channels, None, None, f"{desc} -> normalized input, no pixel range")
+
+
+# A classifier trained with cross-entropy spreads its logits over a few units on inputs like
+# its training data; fed inputs 255x too small or too large, the spread is off by orders of
+# magnitude. Only the order of magnitude is used (log distance), so the exact value is not critical.
+_TYPICAL_LOGIT_SPREAD = 3.0
+
+
+def guess_input_space_from_outputs(model, channels: int) -> "InputSpace":
+    """No preprocessing layer, no BatchNorm: pick the pixel convention whose smooth test images give
+    logits of a trained classifier's usual spread; always reported as a guess (the caller warns)."""
+    hw = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0.0, 1.0, (32, 4, 4, channels)).astype(np.float32)
+    u = low[:, (np.arange(hw[0]) * 4) // hw[0]][:, :, (np.arange(hw[1]) * 4) // hw[1]]  # blocky "images" in [0, 1]
+    cands = [(None, (u - 0.5) / 0.29)] + [((lo, hi), lo + (hi - lo) * u) for lo, hi in _CONVENTIONS[:3]]
+    spreads = []
+    from tflite_retroq.io_utils import library_quiet
+    for rng_, x in cands:
+        with library_quiet():
+            y = np.asarray(model(x.astype(np.float32), training=False), np.float64)
+        if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
+            y = np.log(np.clip(y, 1e-30, 1.0))  # softmax output: back to logits up to a shift
+        y = y - y.mean(axis=1, keepdims=True)
+        spreads.append(float(np.median(y.std(axis=1))) + 1e-12)
+    best = int(np.argmin([abs(np.log(s / _TYPICAL_LOGIT_SPREAD)) for s in spreads]))
+    how = (f"guessed (no preprocessing layer, no BatchNorm to infer the input scale from) from the logit spread on "
+           f"smooth test images: {spreads[best]:.3g} vs {spreads[0]:.3g} for N(0, 1)")
+    fix = "; pass --input-range LO,HI or --input-mean/--input-std to state it"
+    if best == 0:
+        return InputSpace((0.0,) * channels, (1.0,) * channels, None, None, f"{how} -> normalized N(0, 1){fix}")
+    lo, hi = cands[best][0]
+    return _from_range(np.full(channels, lo), np.full(channels, hi), f"{how} -> pixels in [{lo:g}, {hi:g}]{fix}")
 
 
 def _nnls2(B: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -76,10 +76,18 @@ def _feature_ranges(calibrated: bytes, images: np.ndarray, tensor: int) -> Tuple
     with library_quiet():  # a short call; XNNPACK announces itself on fd 2
         it = Interpreter(model_content=bytes(calibrated), experimental_preserve_all_tensors=True, num_threads=None)
         inp = it.get_input_details()[0]
-        for start in range(0, len(images), 64):
-            x = np.asarray(images[start:start + 64], np.float32)
-            it.resize_tensor_input(inp["index"], list(x.shape))
+        sig = inp.get("shape_signature")
+        fixed = int(sig[0]) if sig is not None and len(sig) and int(sig[0]) > 0 else None  # static-batch export
+        step = fixed or 64
+        if fixed:
             it.allocate_tensors()
+        for start in range(0, len(images), step):
+            x = np.asarray(images[start:start + step], np.float32)
+            if fixed and len(x) < fixed:  # pad with repeats of real rows: min/max stay the same
+                x = x[np.arange(fixed) % len(x)]
+            if not fixed:
+                it.resize_tensor_input(inp["index"], list(x.shape))
+                it.allocate_tensors()
             it.set_tensor(inp["index"], x)
             it.invoke()
             a = np.asarray(it.get_tensor(tensor), np.float64)
