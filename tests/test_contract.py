@@ -159,6 +159,8 @@ def files():
 
     for name in ("fifo.keras", "fifo.npz", "fifo.tflite", "out_fifo.tflite"):
         os.mkfifo(d / name)
+    shutil.copy(d / "good.tflite", d / "readonly.tflite")
+    os.chmod(d / "readonly.tflite", 0o444)
     for src, dst in (("good.keras", "secret.keras"), ("good.tflite", "secret.tflite"), ("data.npz", "secret.npz")):
         shutil.copy(d / src, d / dst)
         os.chmod(d / dst, 0)
@@ -211,6 +213,8 @@ CASES = [
      ["corrupt", "truncated"], "nodac"),
     ("data_file_unreadable", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
                               "{f}/secret.npz"], ["permission denied"], ["not a tflite_retroq dataset"], "nodac"),
+    ("output_read_only", ["convert", "{f}/good.keras", "-o", "{f}/readonly.tflite", "--data-file", "{f}/data.npz"],
+     ["read-only"], [], "nodac"),
     ("bn_negative_variance", ["convert", "{f}/negvar.keras", "-o", "{o}/x.tflite", "--samples", "1",
                               "--iterations", "1"], ["negative moving variance", "'bn'"],
      ["learning rate", "warning"], "plain"),
