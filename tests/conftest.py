@@ -192,6 +192,22 @@ def int8_bytes(bn_model, calib_data):
     return rq.convert(bn_model, calib_data)
 
 
+@pytest.fixture(scope="session")
+def flatten_model():
+    """Conv (stride 2) -> DepthwiseConv -> Flatten -> Dense on 8x8x2: Flatten brings SHAPE/STRIDED_SLICE/PACK
+    into a dynamic-batch .tflite. Weight sizes are multiples of 16 bytes (Vela pads weight streams to 16)."""
+    keras = _keras()
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((8, 8, 2), name="image")
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv")(inp)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    out = keras.layers.Dense(4, name="fc")(x)
+    model = keras.Model(inp, out, name="tiny_flatten")
+    _randomize_biases(model, np.random.default_rng(11))
+    return model
+
+
 def build_lut_model(seed=11):
     """Large enough for LUT packing to shrink a tensor (a 3x3x16->32 conv, 4608 weights), still tiny:
     Rescaling -> Conv(16) -> BN -> ReLU -> DepthwiseConv -> Conv(32, stride 2, ReLU) -> GAP -> Dense."""

@@ -199,7 +199,9 @@ def test_synthesize_writes_dataset(synthesized):
     from tflite_retroq.dataset import SyntheticDataset
     proc, out = synthesized
     assert_ok(proc)
-    assert "8 images" in proc.stdout and "images/s" in proc.stdout and len(proc.stdout.splitlines()) == 1
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == "input space: detected: Rescaling"  # the assumption, said first
+    assert "8 images" in lines[1] and "images/s" in lines[1]
     assert "synthesis [" in proc.stderr  # the progress bar is on by default
     data = SyntheticDataset.load(out)
     assert data.images.shape == (2 * CLASSES, H, W, C)

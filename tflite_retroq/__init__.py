@@ -11,11 +11,16 @@ Public API (everything else is internal and may change):
 from tflite_retroq.config import InputSpec, IOType, QuantizationConfig, Scheme, SynthesisConfig, SynthesisMode
 from tflite_retroq.converter import calibrate, convert, float_tflite, quantize_calibrated
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutputError, QuantizationError,
-                                  RetroQError, TFLiteModelError)
+from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutOfMemoryError, OutputError,
+                                  QuantizationError, RetroQError, TFLiteModelError)
+from tflite_retroq.errors import TargetError
+from tflite_retroq.targets import TFLMResult, VelaEstimate, litert_latency, tflm_run, vela_estimate
 from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
 from tflite_retroq.keras_tools import fold_batchnorm, load_model
 from tflite_retroq.synthesis import synthesize
+from tflite_retroq.config import HybridConfig
+from tflite_retroq.sensitivity import (HybridPlan, LayerSensitivity, SensitivityResult, analyze_sensitivity,
+                                       select_layers)
 
 
 def representative_dataset(data: SyntheticDataset, batch_size: int = 1):
@@ -29,6 +34,9 @@ __all__ = [
     "synthesize", "convert", "calibrate", "quantize_calibrated", "float_tflite", "representative_dataset",
     "evaluate", "run_tflite", "EvalResult", "fold_batchnorm", "load_model", "SyntheticDataset",
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
+    "analyze_sensitivity", "select_layers", "SensitivityResult", "LayerSensitivity", "HybridPlan", "HybridConfig",
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
-    "QuantizationError",
+    "OutOfMemoryError", "QuantizationError",
+    # targets: Vela (Ethos-U), TFLite Micro, LiteRT latency
+    "TargetError", "vela_estimate", "VelaEstimate", "tflm_run", "TFLMResult", "litert_latency",
 ]

@@ -1,6 +1,6 @@
 """Pretrained reference models (read from the shared zoo, never copied into the repo)."""
 
-from . import mlperf
+from . import fashion, mlperf
 
 from .cifar_resnet import (
     CIFAR_MEAN,
@@ -13,6 +13,7 @@ from .cifar_resnet import (
 )
 
 __all__ = [
+    "fashion",
     "mlperf",
     "CIFAR_MEAN",
     "CIFAR_STD",
