@@ -43,3 +43,25 @@ def test_calibration_sources_quick(tmp_path):
     # folding BN barely changes the float model
     assert abs(rows[("ResNet-20", "fp32", "FP32")]["accuracy"]
                - rows[("ResNet-20 (BN folded)", "fp32", "FP32")]["accuracy"]) < 1.0
+
+
+def test_nonuniform_quick(tmp_path):
+    """`benchmarks/nonuniform.py --quick`: ResNet-20, W4, every variant, LUT sizes, TFLM identity, PNGs (~1 min)."""
+    assert (ZOO / "cifar10" / "resnet20.npz").is_file(), f"shared model zoo missing at {ZOO}; set RETROQ_ZOO"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.nonuniform", "--quick", f"--zoo_dir={ZOO}",
+                           f"--out={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "nonuniform.json").read_text())
+    rows = {(r["method"], r["scheme"], r["weights"]): r for r in doc["rows"]}
+    for method, scheme in (("uniform", "per-tensor"), ("uniform", "per-channel"), ("non-uniform", "per-tensor"),
+                           ("non-uniform", "per-channel"), ("k-means", "per-tensor")):
+        r = rows[(method, scheme, "W4A8")]
+        assert 0.0 <= r["agreement"] <= 100.0
+        assert r["lut_bytes"] < r["size_bytes"] and r["tflm_packed_identical"] is True  # W4 always packs
+        if method != "uniform":
+            assert 0.0 <= r["sim_agreement"] <= 100.0
+    assert rows[("uniform", "per-channel", "W4A8")]["agreement"] > 80.0
+    for png in ("nonuniform_hist_resnet20.png", "nonuniform_layers_resnet20.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Non-uniform minus uniform" in (tmp_path / "nonuniform.md").read_text()

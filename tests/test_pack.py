@@ -118,11 +118,14 @@ def test_cli_nonuniform_pack_and_inspect(lut_model, lut_calibrated, tmp_path):
     cli = [sys.executable, "-m", "tflite_retroq.cli"]
     out = tmp_path / "m.tflite"
     proc = subprocess.run(cli + ["convert", str(tmp_path / "m.keras"), "-o", str(out), "--data-file",
-                                 str(tmp_path / "d.npz"), "--weight-bits", "4", "--nonuniform", "--pack", "lut"],
+                                 str(tmp_path / "d.npz"), "--weight-bits", "4", "--nonuniform", "--pack", "lut",
+                                 "--report", str(tmp_path / "r.json")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "non-uniform W4" in proc.stdout and "TFLite Micro only" in proc.stdout
     assert pack.is_packed(out.read_bytes())
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["config"]["quantization"]["nonuniform"] is True and rep["config"]["quantization"]["pack"] == "lut"
     proc = subprocess.run(cli + ["inspect", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "runtime: TFLite Micro only" in proc.stdout and "weight tables (LUT, packed)" in proc.stdout

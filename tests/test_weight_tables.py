@@ -158,3 +158,21 @@ def test_convert_refuses_bad_options(lut_model, lut_calibrated):
         rq.convert(lut_model, None, nonuniform=True, weight_bits=5, calibrated=cal)
     with pytest.raises(ConfigError):
         rq.convert(lut_model, None, nonuniform="yes", calibrated=cal)
+
+
+def test_hybrid_then_nonuniform(lut_model, lut_calibrated):
+    """convert(scheme='hybrid', nonuniform=True): each tensor gets levels of the scheme hybrid gave it."""
+    cal, data = lut_calibrated
+    out = rq.convert(lut_model, data, scheme="hybrid", weight_bits=4, nonuniform=True, calibrated=cal,
+                     max_per_channel=2)
+    m = tfm.read(out)
+    calm = tfm.read(cal)
+    n_pc = 0
+    for wop, fop in matched_ops(m, calm):
+        pc = tfm.scales(m.subgraphs[0].tensors[wop.weight]).size > 1
+        n_pc += pc
+        w = tfm.tensor_array(calm, calm.subgraphs[0], fop.weight)
+        q_exp, _ = _expected_int8(w, wop.kind, 4, pc)
+        np.testing.assert_array_equal(tfm.tensor_array(m, m.subgraphs[0], wop.weight).astype(np.int64),
+                                      q_exp.astype(np.int64), err_msg=wop.output_name)
+    assert 1 <= n_pc <= 2, n_pc  # a real mix of schemes

@@ -339,7 +339,9 @@ def cmd_convert(args: Sequence[str]) -> int:
                   else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
         text = to_json(convert_report(
             model_path=model_path, output_path=output, data_source=source,
-            quantization=qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
+            quantization=dict(qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
+                              **({"nonuniform": True} if _flag("nonuniform") else {}),
+                              **({"pack": _flag("pack")} if _flag("pack") else {})),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
             inspection=inspect_model(tflite), version=__version__))
         # Both files are fully written to temporaries before either is renamed into place.
