@@ -63,6 +63,9 @@ VARIANTS: List[Variant] = [
     Variant("non-uniform W4", dict(scheme="per-tensor", nonuniform=True, weight_bits=4)),
     Variant("non-uniform W4 LUT", dict(scheme="per-tensor", nonuniform=True, weight_bits=4, pack="lut"),
             litert=False, twin="non-uniform W4"),
+    Variant("non-uniform W4 PC", dict(scheme="per-channel", nonuniform=True, weight_bits=4)),
+    Variant("non-uniform W4 PC LUT", dict(scheme="per-channel", nonuniform=True, weight_bits=4, pack="lut"),
+            litert=False, twin="non-uniform W4 PC"),
 ]
 
 
@@ -180,9 +183,11 @@ def tflm_columns(tfl: bytes, images: np.ndarray, litert: Optional[bytes]) -> Dic
         return {"tflm_arena_kib": None, "tflm_equal": None, "tflm_error": str(err)}
     out = {"tflm_arena_kib": r.arena_bytes / 1024, "tflm_steps": None, "tflm_agree": None}
     if litert is not None:
-        from tflite_retroq.tflite.inspect import inspect_model
+        from tflite_retroq.tflite import model as tfm
         want = rq.run_tflite(litert, images, resolver="reference")
-        step = inspect_model(tfl)["outputs"][0]["scale"] or 1.0  # float outputs: plain difference
+        m = tfm.read(tfl)
+        scale = tfm.scales(m.subgraphs[0].tensors[m.subgraphs[0].outputs[0]])
+        step = float(scale[0]) if scale.size else 1.0  # float outputs: plain difference
         out["tflm_steps"] = float(np.max(np.abs(r.outputs - want)) / step)
         out["tflm_agree"] = float(np.mean(np.argmax(r.outputs, 1) == np.argmax(want, 1)) * 100.0)
     return out
@@ -282,7 +287,7 @@ def plot(rows: List[Dict], path: str) -> None:
     from tflite_retroq.io_utils import write_with
     models = list(dict.fromkeys(r["model"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    markers = dict(zip(variants, "o^sDvP*XhH<>"))
+    markers = dict(zip(variants, "o^sDvP*XhH<>dp8"))
     colors = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, xkey, xlabel in ((axes[0], "u55_us", "Ethos-U55-128 estimated inference time (us, Vela)"),
@@ -294,9 +299,9 @@ def plot(rows: List[Dict], path: str) -> None:
                 continue
             ax.scatter(x, y, marker=markers[r["variant"]], color=colors[r["model"]], s=40)
         ax.set_xscale("log")
-        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 accuracy % (VWW: agreement with FP32)")
@@ -306,7 +311,7 @@ def plot(rows: List[Dict], path: str) -> None:
                 for v in variants if v != "float"]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8)
     fig.suptitle("Accuracy vs Ethos-U55 time and flash (int8 variants, static batch 1)")
-    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.17, 1, 0.95))
     write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 

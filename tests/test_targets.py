@@ -218,3 +218,32 @@ def test_cli_convert_static_batch(tmp_path, flatten_model):
     assert bad.returncode == 2 and "--static-batch 0" in bad.stderr and not (tmp_path / "x.tflite").exists()
     bad = _retroq("inspect", out, "--static-batch", "1")
     assert bad.returncode == 2 and "does not apply" in bad.stderr
+
+
+def test_tflm_runs_lut_packed_models(flatten_model, flat_cal):
+    """A LUT-packed model (DECODE operators, which LiteRT cannot run) runs on TFLM with the same outputs as its
+    unpacked twin, and `inspect` reads it (scalar tensors without a shape vector)."""
+    kw = dict(calibrated=flat_cal, batch_size=1, scheme="per-tensor", nonuniform=True, weight_bits=4)
+    twin = rq.convert(flatten_model, None, **kw)
+    packed = rq.convert(flatten_model, None, pack="lut", **kw)
+    assert "CUSTOM" in inspect_model(packed)["op_counts"]  # DECODE
+    images = np.random.default_rng(8).standard_normal((3, 8, 8, 2)).astype(np.float32)
+    np.testing.assert_array_equal(targets.tflm_run(packed, images).outputs, targets.tflm_run(twin, images).outputs)
+
+
+def test_scalar_constant_without_shape_vector(flatten_model, flat_cal):
+    """Flatbuffer writers may drop an empty shape vector (a scalar constant, e.g. PACK's -1 after a ModelT
+    round trip in the packing passes); tensor_array and inspect treat it as a scalar instead of crashing."""
+    data = rq.synthesize(flatten_model, rq.SynthesisConfig(mode="gaussian", samples_per_class=3, seed=2),
+                         progress=False)
+    m = tfm.read(rq.convert(flatten_model, data))  # dynamic batch: PACK takes scalar constants
+    sg = m.subgraphs[0]
+    scalars = [i for i, t in enumerate(sg.tensors) if t.shape is not None and len(t.shape) == 0
+               and tfm.tensor_array(m, sg, i) is not None]
+    assert scalars
+    for i in scalars:
+        sg.tensors[i].shape = None
+    b = tfm.write(m)
+    m2 = tfm.read(b)
+    assert all(tfm.tensor_array(m2, m2.subgraphs[0], i).shape == () for i in scalars)
+    assert "PACK" in inspect_model(b)["op_counts"]

@@ -99,7 +99,8 @@ def tensor_array(model, subgraph, index: int) -> Optional[np.ndarray]:
     dtype = _NP.get(t.type)
     if dtype is None:
         raise TFLiteModelError(f"Tensor {tensor_name(t)!r} has unsupported type {t.type}.")
-    return np.frombuffer(np.asarray(buf, np.uint8).tobytes(), dtype=dtype).reshape(list(t.shape))
+    shape = list(t.shape) if t.shape is not None else []  # an absent shape vector is a scalar
+    return np.frombuffer(np.asarray(buf, np.uint8).tobytes(), dtype=dtype).reshape(shape)
 
 
 def set_tensor_data(model, subgraph, index: int, array: np.ndarray) -> None:
