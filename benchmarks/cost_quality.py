@@ -36,8 +36,8 @@ def main(argv):
     model = build_resnet(FLAGS.depth, FLAGS.zoo_dir)
     data = common.EvalData(FLAGS.zoo_dir, limit=FLAGS.eval_images)
     ref = common.fp32_reference(model, data)
-    budgets = [(default.samples_per_class, int(i)) for i in FLAGS.iterations]
-    budgets += [(int(s), default.iterations) for s in FLAGS.samples_per_class]
+    budgets = [(8, int(i)) for i in FLAGS.iterations]  # the historical 8 per class
+    budgets += [(int(s), default.DEFAULT_ITERATIONS) for s in FLAGS.samples_per_class]
     budgets = sorted(dict.fromkeys(budgets), key=lambda b: b[0] * b[1])
     rows, skipped, earlier = [], [], []
     if FLAGS.merge_with:
@@ -50,7 +50,7 @@ def main(argv):
         if FLAGS.max_image_iterations and 10 * spc * its > FLAGS.max_image_iterations:
             skipped.append(f"{spc}x{its}")
             continue
-        ds = rq.synthesize(model, rq.SynthesisConfig(samples_per_class=spc, iterations=its), progress=False)
+        ds = rq.synthesize(model, rq.SynthesisConfig(samples_per_class=spc, iterations=its, time_budget=None), progress=False)
         variants, cal_s = common.quantize_variants(model, ds, [int(b) for b in FLAGS.weight_bits])
         for b, tfl in variants:
             m = common.evaluate_tflite(tfl, data, ref)

@@ -190,3 +190,56 @@ def int8_bytes(bn_model, calib_data):
     """The default per-channel full-int8 .tflite of the BN model."""
     import tflite_retroq as rq
     return rq.convert(bn_model, calib_data)
+
+
+@pytest.fixture(scope="session")
+def flatten_model():
+    """Conv (stride 2) -> DepthwiseConv -> Flatten -> Dense on 8x8x2: Flatten brings SHAPE/STRIDED_SLICE/PACK
+    into a dynamic-batch .tflite. Weight sizes are multiples of 16 bytes (Vela pads weight streams to 16)."""
+    keras = _keras()
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((8, 8, 2), name="image")
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv")(inp)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    out = keras.layers.Dense(4, name="fc")(x)
+    model = keras.Model(inp, out, name="tiny_flatten")
+    _randomize_biases(model, np.random.default_rng(11))
+    return model
+
+
+def build_lut_model(seed=11):
+    """Large enough for LUT packing to shrink a tensor (a 3x3x16->32 conv, 4608 weights), still tiny:
+    Rescaling -> Conv(16) -> BN -> ReLU -> DepthwiseConv -> Conv(32, stride 2, ReLU) -> GAP -> Dense."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((H, W, C), name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inp)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv1")(x)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(NUM_CLASSES, name="fc")(x)
+    model = keras.Model(inp, out, name="tiny_lut")
+    rng = np.random.default_rng(seed)
+    set_bn_stats(model.get_layer("bn1"), rng)
+    _randomize_biases(model, rng)
+    k = model.get_layer("conv2").kernel.numpy()  # heavy tails, as trained weights have
+    model.get_layer("conv2").kernel.assign((k * (1 + 3 * (rng.random(k.shape) < 0.02))).astype(np.float32))
+    return model
+
+
+@pytest.fixture(scope="session")
+def lut_model():
+    return build_lut_model()
+
+
+@pytest.fixture(scope="session")
+def lut_calibrated(lut_model):
+    """(calibrated float .tflite, retro data) of lut_model: calibrate once, quantize many ways."""
+    import tflite_retroq as rq
+    data = rq.synthesize(lut_model, rq.SynthesisConfig(mode="retro", samples_per_class=4, iterations=20, seed=3),
+                         progress=False)
+    return rq.calibrate(lut_model, data), data

@@ -199,7 +199,9 @@ def test_synthesize_writes_dataset(synthesized):
     from tflite_retroq.dataset import SyntheticDataset
     proc, out = synthesized
     assert_ok(proc)
-    assert "8 images" in proc.stdout and "images/s" in proc.stdout and len(proc.stdout.splitlines()) == 1
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == "input space: detected: Rescaling"  # the assumption, said first
+    assert "8 images" in lines[1] and "images/s" in lines[1]
     assert "synthesis [" in proc.stderr  # the progress bar is on by default
     data = SyntheticDataset.load(out)
     assert data.images.shape == (2 * CLASSES, H, W, C)
@@ -320,8 +322,9 @@ CASES = [
      "only applies to --scheme hybrid", ["{o}/x.tflite"]),
     ("hybrid_negative_budget", ["convert", "{m}/good.keras", "-o", "{o}/x.tflite", "--scheme", "hybrid",
                                 "--max-per-channel", "-1"], "--max-per-channel -1", ["{o}/x.tflite"]),
-    ("nonuniform", ["convert", "{m}/good.keras", "-o", "{o}/x.tflite", "--nonuniform"], "not implemented yet",
+    ("pack_unknown", ["convert", "{m}/good.keras", "-o", "{o}/x.tflite", "--pack", "zip"], "--pack",
      ["{o}/x.tflite"]),
+    ("pack_not_for_inspect", ["inspect", "{m}/junk.tflite", "--pack", "lut"], "does not apply", []),
     ("analyze_output_is_file", ["analyze", "{m}/good.keras", "-o", "{m}/a_file"], "is a file", []),
     ("analyze_parent_missing", ["analyze", "{m}/good.keras", "-o", "{o}/nope/sens"], "does not exist",
      ["{o}/nope"]),

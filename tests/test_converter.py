@@ -80,8 +80,13 @@ def folded_float_weights(model):
             ("FULLY_CONNECTED", k3.T.astype(np.float32), b3.astype(np.float32))]
 
 
+def _half_away(x):
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
 def np_quantize(w, bits, axis):
-    """Symmetric: scale = max|w| / (2^(b-1)-1) per `axis` (None: per tensor), round half to even, clip."""
+    """Symmetric: scale = max|w| / (2^(b-1)-1) per `axis` (None: per tensor), round half away from
+    zero (as the TFLite converter does; see test_guards.py for the ties), clip."""
     qmax = 2 ** (bits - 1) - 1
     w = np.asarray(w, np.float32)
     if axis is None:
@@ -92,7 +97,7 @@ def np_quantize(w, bits, axis):
         bshape = [1] * w.ndim
         bshape[axis] = -1
     scale = (maxabs / np.float32(qmax)).astype(np.float32)
-    q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(bshape).astype(np.float64)), -qmax, qmax)
+    q = np.clip(_half_away(w.astype(np.float64) / scale.reshape(bshape).astype(np.float64)), -qmax, qmax)
     return q.astype(np.int8), scale
 
 
@@ -208,7 +213,7 @@ def test_low_bit_weights_bit_exact_against_numpy(bn_model, variants, scheme, bit
         in_scale = _scales(inp)[0]
         bias_scale = (np.float32(in_scale) * _scales(w)).astype(np.float32)
         np.testing.assert_allclose(_scales(b), np.broadcast_to(bias_scale, _scales(b).shape), rtol=1e-7)
-        b_expect = np.rint(bf.astype(np.float64) / bias_scale.astype(np.float64)).astype(np.int32)
+        b_expect = _half_away(bf.astype(np.float64) / bias_scale.astype(np.float64)).astype(np.int32)
         np.testing.assert_array_equal(_array(m, b), b_expect, err_msg=f"{kind} bias")
 
 
@@ -286,9 +291,10 @@ def test_user_converter_with_representative_dataset_hook(bn_model, calib, heldou
 
 def test_convert_accepts_array_and_generator(bn_model, calib, calibrated):
     ref = rq.quantize_calibrated(calibrated, "per-channel")
-    from_array = rq.convert(bn_model, calib.images)
+    # Arrays and generators are the user's own data: the logits keep their calibrated range unless asked.
+    from_array = rq.convert(bn_model, calib.images, logit_range="reachable")
     gen = calib.representative_dataset()
-    from_gen = rq.convert(bn_model, gen)
+    from_gen = rq.convert(bn_model, gen, logit_range="reachable")
     x = calib.images[:4]
     np.testing.assert_array_equal(rq.run_tflite(from_array, x), rq.run_tflite(ref, x))
     np.testing.assert_array_equal(rq.run_tflite(from_gen, x), rq.run_tflite(ref, x))

@@ -204,13 +204,29 @@ def test_user_mean_wrong_channel_count():
         resolve_input_space(_front_model(), InputSpec(mean=(0.5, 0.5), std=(0.2, 0.2)))
 
 
-def test_default_space_without_front(nobn_model):
+def test_default_space_without_front_is_a_stated_guess(nobn_model):
     space = resolve_input_space(nobn_model)
-    assert space.offset == (0.0,) * C and space.scale == (1.0,) * C
-    assert space.lo is None and space.hi is None
-    assert space.source.startswith("default")
-    z = np.random.default_rng(0).standard_normal((2, 2, 2, C)).astype(np.float32) * 10
-    np.testing.assert_array_equal(space.to_model_input(z), z)
+    assert space.source.startswith("guessed") and "--input-range" in space.source
+    with pytest.warns(UserWarning, match="input space guessed"):
+        rq.synthesize(nobn_model, rq.SynthesisConfig(images=4, iterations=1), progress=False)
+
+
+@pytest.mark.parametrize("trained_on", [(0.0, 255.0), (0.0, 1.0)])
+def test_guess_without_batchnorm_follows_the_output_scale(trained_on):
+    """A no-BN ReLU net whose logits spread like a trained classifier's (a few units) on blocky images in
+    `trained_on`, and by orders of magnitude less or more in other conventions: the guess finds the range."""
+    import keras
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((H, W, C))
+    x = keras.layers.Conv2D(8, 3, activation="relu", bias_initializer="zeros")(inp)
+    model = keras.Model(inp, keras.layers.Dense(NUM_CLASSES, use_bias=False)(keras.layers.GlobalAveragePooling2D()(x)))
+    lo, hi = trained_on
+    u = np.random.default_rng(9).uniform(0, 1, (16, H, W, C)).astype(np.float32)
+    y = np.asarray(model(lo + (hi - lo) * u))
+    dense = model.layers[-1]
+    dense.kernel.assign(dense.kernel.numpy() * 3.0 / np.median((y - y.mean(1, keepdims=True)).std(1)))
+    space = resolve_input_space(model)
+    assert space.source.startswith("guessed") and (space.lo[0], space.hi[0]) == trained_on
 
 
 # ----------------------------------------------------------------------------- validation
@@ -340,3 +356,53 @@ def test_load_lambda_never_runs_code(tmp_path):
     # control: an unsafe load does run the code, so the check above can fail
     keras.saving.load_model(path, compile=False, safe_mode=False)
     assert os.path.exists(marker)
+
+
+# ----------------------------------------------------------------------------- input space from BatchNorm
+
+def _bn_first_model(real, seed=3):
+    """Conv -> BN -> ReLU -> GAP -> Dense, BN running statistics measured on `real` (as training would)."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((H, W, C))
+    x = keras.layers.Conv2D(16, 3, padding="same")(inp)
+    bn = keras.layers.BatchNormalization()
+    x = keras.layers.ReLU()(bn(x))
+    out = keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    a = np.asarray(keras.Model(inp, bn.input)(real), np.float64)
+    bn.moving_mean.assign(a.mean(axis=(0, 1, 2)).astype(np.float32))
+    bn.moving_variance.assign(a.var(axis=(0, 1, 2)).astype(np.float32))
+    return model
+
+
+@pytest.mark.parametrize("convention, expect_range", [
+    ("raw", (0.0, 255.0)), ("unit", (0.0, 1.0)), ("symmetric", (-1.0, 1.0)), ("normalized", None)])
+def test_input_space_inferred_from_first_batchnorm(convention, expect_range):
+    """The first BN's running statistics reveal the real input's scale (conv is linear): the inferred
+    mean matches the data's own mean (computed independently with numpy) and the pixel range is found."""
+    from conftest import structured_images
+    pixels = structured_images(64, np.random.default_rng(7))
+    real = {"raw": pixels, "unit": pixels / 255.0, "symmetric": pixels / 127.5 - 1.0,
+            "normalized": (pixels - pixels.mean(axis=(0, 1, 2))) / pixels.std(axis=(0, 1, 2))}[convention]
+    space = resolve_input_space(_bn_first_model(real.astype(np.float32)))
+    assert space.source.startswith("inferred from BatchNorm")
+    true_mean, true_std = real.mean(axis=(0, 1, 2)), real.std()
+    spread = real.max() - real.min()
+    np.testing.assert_allclose(space.offset, true_mean, atol=0.05 * spread)
+    assert 0.5 * true_std < space.scale[0] < 2.0 * true_std
+    if expect_range is None:
+        assert space.lo is None and "normalized" in space.source
+    else:
+        assert (space.lo[0], space.hi[0]) == expect_range
+
+
+def test_input_space_not_inferred_through_activation():
+    """An activation before the first BN makes it non-affine in the input: no inference, a plain assumption."""
+    import keras
+    inp = keras.Input((H, W, C))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inp, keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling2D()(x)))
+    space = resolve_input_space(model)
+    assert space.source.startswith("guessed") and "--input-range" in space.source

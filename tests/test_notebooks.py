@@ -80,3 +80,16 @@ def test_notebook_first_code_cell_holds_the_parameters():
     shell = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
              if line.lstrip().startswith(("!", "%%bash", "%%sh", "%sx", "%system"))]
     assert not shell, f"notebooks stay pure Python, found shell lines: {shell}"
+
+
+def test_nonuniform_notebook_runs(tmp_path, monkeypatch):
+    text, images, _ = _execute("03_nonuniform.ipynb", tmp_path, monkeypatch)
+    for row in ("uniform     per-tensor   W8A8", "non-uniform per-tensor   W8A8", "non-uniform per-channel  W4A8",
+                "uniform     per-channel  W4A8"):
+        assert row in text, f"missing table row {row!r} in:\n{text}"
+    assert re.search(r"non-uniform per-channel  W8A8\s+[\d.]+ %\s+[\d.]+ %", text), text  # simulated beside int8
+    m = re.search(r"plain (\d+) bytes -> LUT-packed (\d+) bytes .*TFLM packed == plain: (\w+)", text)
+    assert m and int(m.group(2)) < int(m.group(1)) and m.group(3) == "True", text
+    assert "LiteRT: The model is LUT-packed" in text and "TFLite Micro only" in text
+    assert "centre" in text and "packed True" in text
+    assert images >= 1, "expected the weight histogram with its levels"

@@ -60,6 +60,15 @@ def _np_targets(labels, num_classes, rng):
     return rest
 
 
+def _rng_at_targets(seed, n):
+    """The synthesis RNG replayed up to the targets: the class permutations, then the initial images."""
+    rng = np.random.default_rng(seed)
+    for _ in range(-(-n // NUM_CLASSES)):
+        rng.permutation(NUM_CLASSES)
+    rng.standard_normal((n, H, W, C))
+    return rng
+
+
 def _softmax(x):
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -69,7 +78,9 @@ def _softmax(x):
 
 def test_retro_shapes_labels_metadata(retro, bn_model):
     assert retro.images.shape == (NUM_CLASSES * SPC, H, W, C) and retro.images.dtype == np.float32
-    np.testing.assert_array_equal(retro.labels, np.repeat(np.arange(NUM_CLASSES), SPC))
+    # Balanced, and every run of NUM_CLASSES consecutive images (what one batch holds) covers every class.
+    for block in retro.labels.reshape(SPC, NUM_CLASSES):
+        np.testing.assert_array_equal(np.sort(block), np.arange(NUM_CLASSES))
     np.testing.assert_array_equal(np.bincount(retro.labels), [SPC] * NUM_CLASSES)
     assert retro.mode == "retro"
     assert retro.metadata["iterations_run"] == ITERS
@@ -102,9 +113,7 @@ def test_first_step_losses_match_numpy(retro, gaussian, bn_model):
     mu, sd = z0.mean(axis=(0, 1, 2)), z0.std(axis=(0, 1, 2))
     prior = np.mean(mu ** 2) + np.mean((sd - 1.0) ** 2)
     assert retro.loss_history["prior"][0] == pytest.approx(prior, rel=1e-3, abs=1e-6)
-    rng = np.random.default_rng(0)
-    rng.standard_normal(x0.shape)  # the draw of the initial images comes first
-    t = _np_targets(gaussian.labels, NUM_CLASSES, rng)
+    t = _np_targets(gaussian.labels, NUM_CLASSES, _rng_at_targets(0, len(x0)))
     p = _softmax(np.asarray(bn_model(x0), np.float64))
     assert retro.loss_history["class"][0] == pytest.approx(np.mean((p - t) ** 2), rel=1e-4)
 
@@ -112,9 +121,7 @@ def test_first_step_losses_match_numpy(retro, gaussian, bn_model):
 def test_softmax_output_not_softmaxed_twice(softmax_model):
     g = _synth(softmax_model, mode="gaussian", seed=3)
     r = _synth(softmax_model, mode="retro", iterations=30, seed=3)
-    rng = np.random.default_rng(3)
-    rng.standard_normal(g.images.shape)
-    t = _np_targets(g.labels, NUM_CLASSES, rng)
+    t = _np_targets(g.labels, NUM_CLASSES, _rng_at_targets(3, len(g.images)))
     p = np.asarray(softmax_model(g.images), np.float64)
     once, twice = np.mean((p - t) ** 2), np.mean((_softmax(p) - t) ** 2)
     assert abs(once - twice) > 1e-3  # the two readings are distinguishable
@@ -156,7 +163,10 @@ def test_gaussian_is_plain_clipped_normal(gaussian):
     assert all(len(v) == 0 for v in h.values())
     assert gaussian.metadata["iterations_run"] == 0
     # independent: z ~ N(0,1) from the seed, +-2 sigma spanning [0, 255], clipped
-    z = np.random.default_rng(0).standard_normal(gaussian.images.shape)
+    rng = np.random.default_rng(0)
+    for _ in range(SPC):
+        rng.permutation(NUM_CLASSES)  # the class of each image is drawn first
+    z = rng.standard_normal(gaussian.images.shape)
     expect = np.clip(127.5 + 63.75 * z, 0.0, 255.0)
     np.testing.assert_allclose(gaussian.images, expect, rtol=1e-5, atol=1e-3)
 

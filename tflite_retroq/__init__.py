@@ -11,8 +11,10 @@ Public API (everything else is internal and may change):
 from tflite_retroq.config import InputSpec, IOType, QuantizationConfig, Scheme, SynthesisConfig, SynthesisMode
 from tflite_retroq.converter import calibrate, convert, float_tflite, quantize_calibrated
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutputError, RetroQError,
-                                  TFLiteModelError)
+from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutOfMemoryError, OutputError,
+                                  QuantizationError, RetroQError, TFLiteModelError)
+from tflite_retroq.errors import TargetError
+from tflite_retroq.targets import TFLMResult, VelaEstimate, litert_latency, tflm_run, vela_estimate
 from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
 from tflite_retroq.keras_tools import fold_batchnorm, load_model
 from tflite_retroq.synthesis import synthesize
@@ -34,4 +36,7 @@ __all__ = [
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
     "analyze_sensitivity", "select_layers", "SensitivityResult", "LayerSensitivity", "HybridPlan", "HybridConfig",
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
+    "OutOfMemoryError", "QuantizationError",
+    # targets: Vela (Ethos-U), TFLite Micro, LiteRT latency
+    "TargetError", "vela_estimate", "VelaEstimate", "tflm_run", "TFLMResult", "litert_latency",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Optional, Sequence, Tuple
+from typing import ClassVar, Optional, Sequence, Tuple
 
 from tflite_retroq.errors import ConfigError, InputSpecError
 
@@ -39,43 +39,111 @@ def _enum(cls, value, name):
         raise ConfigError(f"{name}={value!r} is not valid; choose one of {choices}.") from None
 
 
+_MAX_IMAGES = 10_000_000  # far past any calibration need; refuses absurd counts before arithmetic overflows
+
+
+def _count(value, name: str, minimum: int = 1, maximum: int = _MAX_IMAGES) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or value > maximum:
+        raise ConfigError(f"{name}={value!r} must be an integer from {minimum} to {maximum}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class SynthesisConfig:
-    """Algorithm 1 knobs. Defaults were chosen by measurement (see README, benchmarks)."""
+    """Algorithm 1 knobs. Defaults were chosen by measurement across models (see README, benchmarks).
+
+    The image count is a total budget (`images`), spread over the classes and generated in
+    mini-batches of `batch_size` (None: chosen from the model's activation memory and the
+    machine's free memory). `samples_per_class` is the balanced per-class form instead of
+    `images`; give at most one of the two.
+    """
 
     mode: SynthesisMode = SynthesisMode.RETRO
-    samples_per_class: int = 8
-    iterations: int = 100
+    images: Optional[int] = None
+    samples_per_class: Optional[int] = None
+    batch_size: Optional[int] = None
+    iterations: Optional[int] = None
+    time_budget: Optional[float] = 30.0
     learning_rate: float = 0.1
     bn_weight: float = 1.0
     prior_weight: float = 1.0
     class_weight: float = 1.0
+    class_loss: str = "mse"
+    target_confidence: Tuple[float, float] = (0.6, 0.95)
     seed: int = 0
+
+    DEFAULT_IMAGES: ClassVar[int] = 256
+    DEFAULT_ITERATIONS: ClassVar[int] = 100
+    MIN_IMAGES: ClassVar[int] = 64      # the time budget never cuts defaults below these
+    MIN_ITERATIONS: ClassVar[int] = 30
+    MAX_AUTO_BATCH: ClassVar[int] = 128
 
     def __post_init__(self):
         object.__setattr__(self, "mode", _enum(SynthesisMode, self.mode, "mode"))
-        for name in ("samples_per_class", "iterations"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "samples_per_class" else 0):
-                raise ConfigError(f"{name}={v!r} must be a positive integer.")
+        if self.images is not None and self.samples_per_class is not None:
+            raise ConfigError("Give images (a total budget) or samples_per_class (balanced per class), not both.")
+        for name in ("images", "samples_per_class", "batch_size"):
+            if getattr(self, name) is not None:
+                _count(getattr(self, name), name)
+        if self.iterations is not None:
+            _count(self.iterations, "iterations", 0, 1_000_000)
+        if self.time_budget is not None:
+            try:
+                tb = float(self.time_budget)
+            except (TypeError, ValueError):
+                raise ConfigError(f"time_budget={self.time_budget!r} must be seconds (a number) or None.") from None
+            if not math.isfinite(tb) or tb <= 0:
+                raise ConfigError(f"time_budget={self.time_budget!r} must be a positive number of seconds or None.")
+            object.__setattr__(self, "time_budget", tb)
         for name in ("learning_rate", "bn_weight", "prior_weight", "class_weight"):
-            v = float(getattr(self, name))
-            if not math.isfinite(v) or v < 0 or (name == "learning_rate" and v == 0):
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be a finite number >= 0"
+            v = getattr(self, name)
+            try:
+                fv = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name}={v!r} must be a number.") from None
+            if not math.isfinite(fv) or fv < 0 or (name == "learning_rate" and fv == 0):
+                raise ConfigError(f"{name}={v!r} must be a finite number >= 0"
                                   f"{' and > 0' if name == 'learning_rate' else ''}.")
-            object.__setattr__(self, name, v)
+            object.__setattr__(self, name, fv)
+        if self.class_loss not in ("mse", "ce"):
+            raise ConfigError(f"class_loss={self.class_loss!r} is not valid; choose 'mse' or 'ce'.")
+        try:
+            lo, hi = (float(x) for x in self.target_confidence)
+        except (TypeError, ValueError):
+            raise ConfigError(f"target_confidence={self.target_confidence!r} must be two numbers LO, HI.") from None
+        if not 0.5 < lo <= hi < 1.0:
+            raise ConfigError(f"target_confidence={self.target_confidence!r} must satisfy 0.5 < LO <= HI < 1.")
+        object.__setattr__(self, "target_confidence", (lo, hi))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed={self.seed!r} must be an integer.")
+
+    @property
+    def iterations_or_default(self) -> int:
+        return self.DEFAULT_ITERATIONS if self.iterations is None else self.iterations
+
+    def total_images(self, num_classes: int) -> int:
+        """How many images this config asks for on a model with `num_classes` classes."""
+        if self.samples_per_class is not None:
+            n = self.samples_per_class * num_classes
+            if n > _MAX_IMAGES:
+                raise ConfigError(f"{self.samples_per_class} images per class (--samples) x {num_classes} classes = "
+                                  f"{n} images, more than {_MAX_IMAGES}; lower --samples or give a total budget "
+                                  "with --images.")
+            return n
+        return self.images if self.images is not None else self.DEFAULT_IMAGES
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["mode"] = self.mode.value
+        d["target_confidence"] = list(self.target_confidence)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SynthesisConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        if "target_confidence" in kw:
+            kw["target_confidence"] = tuple(kw["target_confidence"])
+        return cls(**kw)
 
 
 def _floats(values, name) -> Optional[Tuple[float, ...]]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from tflite_retroq.config import IOType, QuantizationConfig, Scheme
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import ConfigError, DataError, RetroQError
+from tflite_retroq.errors import ConfigError, DataError, OutOfMemoryError, RetroQError, is_out_of_memory
 from tflite_retroq.keras_tools import as_model, validate_classifier
 
 RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[List[np.ndarray]]]]
@@ -22,12 +22,14 @@ RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[L
 
 @contextlib.contextmanager
 def _quiet():
-    """The converter prints a SavedModel summary to stdout and INFO logs; keep our output readable."""
+    """The converter prints a SavedModel summary to stdout, INFO logs and native chatter
+    (`fully_quantize: 0, ...`) to fd 2; keep the API as quiet as the CLI."""
     from absl import logging as absl_logging
+    from tflite_retroq.io_utils import library_quiet
     level = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), library_quiet():
             yield
     finally:
         absl_logging.set_verbosity(level)
@@ -51,21 +53,68 @@ def _keras_converter(model):
         return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
-def calibrate(model, data: RepresentativeData) -> bytes:
-    """Float .tflite with BN folded and activation min/max recorded from `data`."""
+LOGIT_RANGE_MODES = ("auto", "reachable", "calibrated")
+
+
+def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", return_info: bool = False,
+              batch_size: Optional[int] = None):
+    """Float .tflite with BN folded and activation min/max recorded from `data`.
+
+    `logit_range`: "reachable" widens the logits' range to what the classifier can reach over
+    the feature ranges seen in `data` (synthetic images are never as confident as real ones,
+    so min/max clips the deciding logit; see tflite/ranges.py); "calibrated" keeps min/max;
+    "auto" widens for synthetic datasets only. With return_info, returns (bytes, LogitRange|None).
+    `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
+    """
     import tensorflow as tf
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches
+    from tflite_retroq.tflite.ranges import widen_logit_range
+    if logit_range not in LOGIT_RANGE_MODES:
+        raise ConfigError(f"logit_range={logit_range!r} is not valid; choose one of {', '.join(LOGIT_RANGE_MODES)}.")
+    batch_size = check_batch_size(batch_size)
     model = as_model(model)
     info = validate_classifier(model)
+    gen = _as_generator(data, info.input_shape)
+    if batch_size is not None:
+        model, gen = fixed_batch_model(model, batch_size), fixed_batches(gen, batch_size)
     conv = _keras_converter(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _as_generator(data, info.input_shape)
+    conv.representative_dataset = gen
     conv._experimental_calibrate_only = True
     try:
         with _quiet():
-            return bytes(conv.convert())
+            calibrated = bytes(conv.convert())
+    except RetroQError:
+        raise
     except Exception as e:
-        raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}); "
+        if is_out_of_memory(e):
+            raise OutOfMemoryError("Out of memory while calibrating with TFLite; lower the number of calibration "
+                                   "images.") from None
+        raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {_converter_reason(e)}); "
                           "the model may use an operator TFLite cannot convert.") from None
+    synthetic = isinstance(data, SyntheticDataset) and data.mode not in ("real", "unknown")
+    widened = None
+    if logit_range == "reachable" or (logit_range == "auto" and synthetic):
+        images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)
+        calibrated, widened = widen_logit_range(calibrated, images)
+    return (calibrated, widened) if return_info else calibrated
+
+
+def _images_of(data: RepresentativeData, input_shape) -> np.ndarray:
+    """The calibration images behind an array or a generator function (for the logit-range pass)."""
+    if isinstance(data, np.ndarray):
+        return data.astype(np.float32)
+    return np.concatenate([np.asarray(batch[0], np.float32).reshape((-1,) + tuple(input_shape)) for batch in data()])
+
+
+def _converter_reason(error: Exception) -> str:
+    """The converter's own diagnosis (MLIR's `error: ...` line), not a fragment of its IR dump, cut at a word."""
+    from tflite_retroq.keras_tools import _shorten
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    for line in lines:
+        if "error:" in line:
+            return _shorten(line.split("error:", 1)[1], 300)
+    return _shorten(lines[0], 300) if lines else "no details"
 
 
 def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.PER_CHANNEL,
@@ -104,14 +153,19 @@ def _check_fully_integer(model_bytes: bytes) -> None:
 
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
-            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None,
+            io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto",
+            batch_size: Optional[int] = None, nonuniform: bool = False, pack: Optional[str] = None,
             threshold: Optional[float] = None, max_per_channel: Optional[int] = None,
             fully_connected_per_tensor: bool = False, plan=None) -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
     tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
-    `calibrate`) to skip calibration when producing several variants.
+    `calibrate`) to skip calibration when producing several variants. `logit_range`: see
+    `calibrate`. `batch_size=1` exports a fixed batch: no SHAPE/STRIDED_SLICE/PACK around
+    Flatten (for TFLM, Vela). `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
+    tensor (or channel) instead of a uniform grid (tflite.weight_tables). `pack="lut"`: weight
+    tables packed for TFLite Micro (tflite.pack); such a file runs on TFLM, not on LiteRT.
 
     scheme='hybrid': per-tensor, except the layers whose per-channel sensitivity gain
     (KL_PT - KL_PC on `data`, at `weight_bits`) exceeds `threshold` (default 0), at most
@@ -119,21 +173,27 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     or exactly the layers of a precomputed `plan` (sensitivity.HybridPlan).
     """
     from tflite_retroq import hybrid
+    from tflite_retroq.static_shape import check_calibrated_batch
+    from tflite_retroq.tflite.weight_tables import check_options, finish
+    check_options(nonuniform, pack, weight_bits)
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     hcfg = hybrid.hybrid_config(cfg.scheme, threshold, max_per_channel, fully_connected_per_tensor, plan)
     if calibrated is None:
-        calibrated = calibrate(model, data)
+        calibrated = calibrate(model, data, logit_range=logit_range, batch_size=batch_size)
+    check_calibrated_batch(calibrated, batch_size)
     quantized = quantize_calibrated(calibrated, Scheme.PER_TENSOR if hcfg is not None else cfg.scheme, cfg.io)
     if hcfg is not None:
         quantized = hybrid.hybrid(model, data, quantized, calibrated, hcfg, weight_bits=cfg.weight_bits, plan=plan)
-    if cfg.weight_bits != 8:
+    if cfg.weight_bits != 8 and not nonuniform:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
-    return quantized
+    return finish(quantized, calibrated, cfg.weight_bits, nonuniform, pack)
 
 
-def float_tflite(model) -> bytes:
+def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:
     """Plain float32 .tflite of the model (the accuracy reference on the interpreter)."""
-    conv = _keras_converter(as_model(model))
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model
+    model, batch_size = as_model(model), check_batch_size(batch_size)
+    conv = _keras_converter(model if batch_size is None else fixed_batch_model(model, batch_size))
     with _quiet():
         return bytes(conv.convert())

@@ -27,14 +27,24 @@ class SyntheticDataset:
     loss_history: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        images = np.asarray(self.images, np.float32)
-        labels = np.asarray(self.labels, np.int64)
+        raw_images, raw_labels = np.asarray(self.images), np.asarray(self.labels)
+        if raw_images.dtype.kind not in "fiub":
+            raise DataError(f"images must be numbers (float32 pixels in the model's input space), got dtype "
+                            f"{raw_images.dtype}; synthesize the data again with `retroq synthesize`.")
+        if raw_labels.dtype.kind not in "iub" and not (raw_labels.dtype.kind == "f"
+                                                       and np.all(raw_labels == np.round(raw_labels))):
+            raise DataError(f"labels must be integer class indices, got dtype {raw_labels.dtype}; synthesize the "
+                            "data again with `retroq synthesize`.")
+        images = raw_images.astype(np.float32)
+        labels = raw_labels.astype(np.int64)
         if images.ndim != 4 or images.shape[0] == 0:
             raise DataError(f"images must be a non-empty [N, H, W, C] array, got shape {images.shape}.")
         if labels.shape != (images.shape[0],):
             raise DataError(f"labels must have shape ({images.shape[0]},), got {labels.shape}.")
         if not np.all(np.isfinite(images)):
-            raise DataError("images contain NaN or inf; synthesize them again (lower the learning rate).")
+            bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
+            raise DataError(f"images contain NaN or inf ({bad} of {images.size} values); calibration data must be "
+                            "finite: if they were synthesized, the model's activations overflowed (check its weights).")
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "labels", labels)
 
@@ -74,19 +84,31 @@ class SyntheticDataset:
 
     @classmethod
     def load(cls, path: str) -> "SyntheticDataset":
+        from tflite_retroq.io_utils import check_readable
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise DataError(f"Dataset file {path!r} does not exist; create it with `retroq synthesize`.")
+        check_readable(path, "Dataset file", DataError, "create it with `retroq synthesize`")
         try:
             with np.load(path, allow_pickle=False) as z:
                 images, labels, meta = z["images"], z["labels"], json.loads(str(z["meta"]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as e:
+        except MemoryError:
+            raise
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError, TypeError) as e:
             raise DataError(f"{path!r} is not a tflite_retroq dataset (.npz from `retroq synthesize`): "
                             f"{type(e).__name__}.") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{path!r} has malformed metadata (a JSON {type(meta).__name__}, not an object); it is "
+                            "not a tflite_retroq dataset: create it with `retroq synthesize`.")
         if meta.get("format") != _FORMAT:
             raise DataError(f"{path!r} has format {meta.get('format')!r}, expected {_FORMAT!r}.")
-        return cls(images=images, labels=labels, metadata=meta.get("metadata", {}),
-                   loss_history=meta.get("loss_history", {}))
+        metadata, history = meta.get("metadata", {}), meta.get("loss_history", {})
+        if not isinstance(metadata, dict) or not isinstance(history, dict) or not all(
+                isinstance(v, list) for v in history.values()):
+            raise DataError(f"{path!r} has malformed metadata ('metadata' and 'loss_history' must be JSON objects); "
+                            "create the dataset again with `retroq synthesize`.")
+        try:
+            return cls(images=images, labels=labels, metadata=metadata, loss_history=history)
+        except DataError as e:
+            raise DataError(f"{path!r}: {e}") from None
 
     @classmethod
     def from_images(cls, images: np.ndarray, labels: Optional[np.ndarray] = None, mode: str = "real"

@@ -16,6 +16,10 @@ from absl import app, flags
 flags.DEFINE_string("out", "demo_out", "Directory for the .tflite files and the report.")
 flags.DEFINE_integer("epochs", 20, "Training epochs for the demo CNN.")
 flags.DEFINE_integer("seed", 0, "Seed for training and synthesis.")
+flags.DEFINE_boolean("quick", False, "A fast smoke run (CI): few epochs, 2 images per class, 10 iterations. "
+                     "The numbers are not meaningful; the flow and the files are the same.")
+
+QUICK = {"epochs": 3, "samples_per_class": 2, "iterations": 10}
 FLAGS = flags.FLAGS
 
 
@@ -67,14 +71,16 @@ def main(argv):
     from tflite_retroq.plots import plot_images, plot_losses
     os.makedirs(FLAGS.out, exist_ok=True)
     t0 = time.perf_counter()
-    model, (xte, yte) = train_digits_cnn(FLAGS.epochs, FLAGS.seed)
+    epochs = QUICK["epochs"] if FLAGS.quick else FLAGS.epochs
+    synth = {k: QUICK[k] for k in ("samples_per_class", "iterations")} if FLAGS.quick else {}
+    model, (xte, yte) = train_digits_cnn(epochs, FLAGS.seed)
     t_train = time.perf_counter() - t0
     ref = keras_outputs(model, xte)
     acc = float(np.mean(ref.argmax(1) == yte) * 100)
     rows = [{"calibration": "none (float32 Keras)", "w8_accuracy": acc, "w8_agreement": 100.0, "w8_sqnr_db": None,
              "w4_accuracy": acc, "w4_sqnr_db": None, "synthesis_s": None, "images_per_s": None}]
     for mode in ("gaussian", "zeroq", "retro"):
-        data = rq.synthesize(model, rq.SynthesisConfig(mode=mode, seed=FLAGS.seed), progress=sys.stderr.isatty())
+        data = rq.synthesize(model, rq.SynthesisConfig(mode=mode, seed=FLAGS.seed, **synth), progress=sys.stderr.isatty())
         plot_images(data, os.path.join(FLAGS.out, f"synthetic_{mode}.png"))
         if data.loss_history.get("total"):
             plot_losses(data, os.path.join(FLAGS.out, f"losses_{mode}.png"))
@@ -91,7 +97,8 @@ def main(argv):
     total = time.perf_counter() - t0
     report = {"model": "digits_cnn (sklearn digits, 8x8x1)", "held_out_images": int(len(xte)),
               "train_seconds": t_train, "total_seconds": total, "rows": rows,
-              "command": "make demo"}
+              "quick": bool(FLAGS.quick), "epochs": epochs,
+              "command": "python -m tflite_retroq.demo --quick" if FLAGS.quick else "make demo"}
     write_json(os.path.join(FLAGS.out, "report.json"), report)
     print(f"\nDemo: data-free int8 of a digits CNN, {len(xte)} held-out real digits (trained in {t_train:.1f}s)")
     print(f"{'calibration':<26} {'W8A8 %':>7} {'W8 SQNR':>8} {'W4A8 %':>7} {'W4 SQNR':>8} {'synth s':>8} {'img-it/s':>9}")

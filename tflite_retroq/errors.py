@@ -3,6 +3,8 @@
 The CLI maps every RetroQError to one line on stderr and exit code 2, so the
 message must stand on its own.
 """
+import contextlib
+from typing import Iterator
 
 
 class RetroQError(Exception):
@@ -31,3 +33,39 @@ class OutputError(RetroQError):
 
 class ConfigError(RetroQError):
     """Options that are invalid or conflict with each other."""
+
+
+class OutOfMemoryError(RetroQError, MemoryError):
+    """The work did not fit in memory (MemoryError or TensorFlow's ResourceExhaustedError).
+
+    Also a MemoryError, so existing `except MemoryError` handlers still catch it.
+    """
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """MemoryError, or TensorFlow's ResourceExhaustedError, recognized without importing TensorFlow."""
+    if isinstance(error, MemoryError):
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return "ResourceExhaustedError" in names or ("OpError" in names and "RESOURCE_EXHAUSTED" in str(error)[:2000])
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(what: str, fix: str = "lower batch_size or the number of images") -> Iterator[None]:
+    """Turn running out of memory inside the block into one OutOfMemoryError that says what to lower."""
+    try:
+        yield
+    except OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - only out-of-memory errors are translated, the rest re-raised
+        if not is_out_of_memory(e):
+            raise
+        raise OutOfMemoryError(f"Out of memory while {what}; {fix}.") from None
+
+
+class TargetError(RetroQError):
+    """A target tool (Vela, the TFLite Micro runtime) is missing or rejected the model."""
+
+
+class QuantizationError(RetroQError):
+    """A weight tensor cannot be quantized as asked (empty, non-finite, too few levels)."""

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from tflite_retroq.errors import DataError, TFLiteModelError
+from tflite_retroq.io_utils import library_quiet
 
 _RESOLVERS = ("auto", "builtin", "reference")
 
@@ -22,8 +23,9 @@ def _interpreter(model_bytes: bytes, resolver: str, num_threads: Optional[int]):
     if resolver not in kinds:
         raise ValueError(f"resolver must be one of {_RESOLVERS}")
     try:
-        return Interpreter(model_content=bytes(model_bytes), experimental_op_resolver_type=kinds[resolver],
-                           num_threads=num_threads)
+        with library_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate" goes to fd 2
+            return Interpreter(model_content=bytes(model_bytes), experimental_op_resolver_type=kinds[resolver],
+                               num_threads=num_threads)
     except (ValueError, RuntimeError) as e:
         raise TFLiteModelError(f"The LiteRT interpreter rejected the model ({str(e).splitlines()[0][:200]}).") from None
 
@@ -36,14 +38,24 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
     are dequantized, so results compare directly with the Keras model.
     """
     images = np.asarray(images, np.float32)
+    from tflite_retroq.tflite.pack import refuse_packed
+    refuse_packed(model_bytes)
     it = _interpreter(model_bytes, resolver, num_threads)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     if tuple(inp["shape"][1:]) != tuple(images.shape[1:]):
         raise DataError(f"Images of shape {images.shape[1:]} do not fit the .tflite input {tuple(inp['shape'][1:])}.")
-    current = None
+    sig = inp.get("shape_signature")
+    fixed = int(sig[0]) if sig is not None and len(sig) and int(sig[0]) > 0 else None
+    if fixed is not None:  # a static-batch export takes exactly its batch: run in such batches, pad the last
+        batch_size = fixed
+        it.allocate_tensors()
+    current = fixed
     results = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]
+        n = len(x)
+        if fixed is not None and n < fixed:
+            x = np.concatenate([x, np.zeros((fixed - n,) + x.shape[1:], x.dtype)])
         if current != len(x):
             it.resize_tensor_input(inp["index"], [len(x)] + list(inp["shape"][1:]))
             it.allocate_tensors()
@@ -52,12 +64,16 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
             s, zp = inp["quantization"]
             x = np.clip(np.round(x / s) + zp, -128, 127).astype(np.int8)
         it.set_tensor(inp["index"], x)
-        it.invoke()
+        if start == 0:
+            with library_quiet():  # XNNPACK announces itself on the first invoke
+                it.invoke()
+        else:
+            it.invoke()
         y = it.get_tensor(out["index"])
         if out["dtype"] == np.int8:
             s, zp = out["quantization"]
             y = (y.astype(np.float32) - zp) * s
-        results.append(np.asarray(y, np.float32).reshape(len(x), -1))
+        results.append(np.asarray(y, np.float32).reshape(len(x), -1)[:n])
     return np.concatenate(results, axis=0)
 
 

@@ -1,26 +1,94 @@
-"""Atomic output: write to a temporary file beside the target, then rename.
+"""Safe file I/O: atomic outputs, and input checks that never block or blame the wrong cause.
 
-A failed or interrupted run never leaves a half-written output behind.
+Outputs are written to a temporary file beside the target, then renamed: a failed or
+interrupted run never leaves a half-written output behind. The result is a plain file
+with the user's normal permissions (umask, or the mode of the file it replaces), never
+the temporary's 0600. Inputs are checked with a non-blocking open, so a FIFO or a device
+named as a model or dataset is refused instead of hanging the process.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Type
 
-from tflite_retroq.errors import OutputError
+from tflite_retroq.errors import OutputError, RetroQError
+
+
+def _kind(mode: int) -> Optional[str]:
+    """What a non-regular file is, in words (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_readable(path: str, what: str, error: Type[RetroQError], hint: str) -> str:
+    """Fail with `error` naming the real cause unless `path` is a regular file this process can read.
+
+    `what` names the file ("Model file"), `hint` says how to fix a wrong path. The open is
+    non-blocking, so a FIFO is reported instead of waiting forever for a writer.
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{what} {path!r} does not exist; {hint}.") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path!r} is a directory; {hint}.") from None
+    except PermissionError:
+        raise error(f"{what} {path!r} cannot be read (permission denied); give your user read access "
+                    f"(e.g. chmod a+r) or copy it somewhere readable.") from None
+    except OSError as e:
+        raise error(f"{what} {path!r} cannot be opened ({e.strerror}); {hint}.") from None
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    if kind is not None:
+        raise error(f"{what} {path!r} is {kind}, not a regular file; {hint}.")
+    return path
+
+
+def same_file(a: str, b: str) -> bool:
+    """True if two paths name one file: same real path (symlinks resolved) or same inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_inputs(output: str, inputs: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """Refuse an output path that is one of the inputs (`(description, path)` pairs), whatever it is called."""
+    for description, path in inputs:
+        if path and same_file(output, path):
+            raise OutputError(f"Output {output!r} is the {description}; writing it would destroy the input. "
+                              "Choose another output path.")
 
 
 def check_writable(path: str) -> str:
-    """Fail early (before expensive work) when `path` cannot be written."""
+    """Fail early (before expensive work) when `path` cannot be written as a regular file."""
     path = os.fspath(path)
     if not path:
         raise OutputError("The output path is empty; pass a file path with -o.")
     if os.path.isdir(path):
         raise OutputError(f"Output {path!r} is a directory; pass a file path.")
-    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        kind = _kind(os.stat(path).st_mode)
+    except OSError:
+        kind = None  # does not exist yet (or a dangling link): the parent check decides
+    if kind is not None:
+        raise OutputError(f"Output {path!r} is {kind}; outputs are written as regular files, so choose a file path.")
+    parent = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(parent):
         raise OutputError(f"Cannot write {path!r}: directory {parent!r} does not exist; create it first.")
     if not os.access(parent, os.W_OK):
@@ -28,20 +96,49 @@ def check_writable(path: str) -> str:
     return path
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _output_mode(target: str) -> int:
+    """The mode of the file being replaced, else what `open(path, 'w')` would give (0666 & ~umask)."""
+    try:
+        st = os.stat(target)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path in the target's directory; rename onto `path` on success."""
+    """Yield a temporary path in the target's directory; rename onto `path` (or its symlink target) on success."""
     path = check_writable(path)
-    parent = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)  # through a symlink: replace the file it points to, not the link
+    parent = os.path.dirname(target)
     suffix = os.path.splitext(path)[1]
     try:
         fd, tmp = tempfile.mkstemp(prefix=".retroq-", suffix=suffix, dir=parent)
     except OSError as e:
         raise OutputError(f"Cannot write {path!r}: {e.strerror}; choose another output path.") from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, _output_mode(target))  # mkstemp creates 0600; the output gets the user's normal mode
+    finally:
+        os.close(fd)
     try:
         yield tmp
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as e:
         raise OutputError(f"Cannot write {path!r}: {e.strerror}; choose another output path.") from None
     finally:
@@ -68,6 +165,25 @@ def write_with(path: str, writer: Callable[[str], None]) -> str:
 
 
 @contextlib.contextmanager
+def library_quiet():
+    """Keep the Python API as quiet as the CLI during a short TensorFlow/LiteRT call.
+
+    Python warnings (Keras input-name chatter, TF deprecations) are dropped inside the block,
+    and native writes to fd 2 (`fully_quantize: 0, ...`, XNNPACK INFO lines) go to /dev/null
+    unless the user asked for native logs with TF_CPP_MIN_LOG_LEVEL=0 or 1. Never sets the
+    environment. sys.stderr keeps the real stream, so our own messages still show.
+    """
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
+            yield
+            return
+        with _fd2_to_devnull():
+            yield
+
+
+@contextlib.contextmanager
 def native_logs_silenced():
     """Silence TensorFlow's C++ logs in command-line entry points (never at package import).
 
@@ -81,6 +197,13 @@ def native_logs_silenced():
     if level.strip() not in ("2", "3"):
         yield
         return
+    with _fd2_to_devnull():
+        yield
+
+
+@contextlib.contextmanager
+def _fd2_to_devnull():
+    """Native fd 2 to /dev/null; Python's sys.stderr on a duplicate of the real stream."""
     old_stderr = sys.stderr
     try:
         sys.stderr.flush()

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import types
+import warnings
 import zipfile
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -26,23 +27,41 @@ def _keras():
 
 # ----------------------------------------------------------------------------- loading
 
+def _shorten(text: str, limit: int = 240) -> str:
+    """One line of at most `limit` characters, cut at a word boundary (never mid-word)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "..."
+
+
+def _load_reason(error: Exception) -> str:
+    """A Keras load error on one line, cut at a word (its first line alone is often only a preamble)."""
+    text = " ".join(str(error).split())
+    return _shorten(text) if text else type(error).__name__
+
+
 def load_model(path: str):
     """Load a `.keras` (or legacy `.h5`) model with safe_mode=True: Lambda code never runs."""
-    keras = _keras()
+    from tflite_retroq.io_utils import check_readable
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelError(f"Model file {path!r} does not exist; pass the path of a saved Keras model (.keras).")
-    if os.path.isdir(path):
-        raise ModelError(f"{path!r} is a directory; pass a Keras model file saved with model.save('model.keras').")
+    # Before Keras opens it: a FIFO would block forever, and an unreadable file is not "corrupt".
+    check_readable(path, "Model file", ModelError, "pass a Keras model file saved with model.save('model.keras')")
+    keras = _keras()
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
         raise ModelError(f"{path!r} is not a valid .keras archive (corrupt or truncated); save it again with model.save().")
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        from tflite_retroq.io_utils import library_quiet
+        with library_quiet():  # Keras 2 files warn about compile state; TF probes devices on first use
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except MemoryError:
+        raise
     except Exception as e:  # Keras raises many types for a bad file
         model = _load_legacy(keras, path, e)
         if model is None:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path!r} could not be loaded as a Keras model ({first[:200]}); "
+            raise ModelError(f"{path!r} could not be loaded as a Keras model ({_load_reason(e)}); "
                              "save it with model.save('model.keras') and avoid Lambda layers.") from None
     return model
 
@@ -81,13 +100,57 @@ def _load_legacy(keras, path: str, error: Exception):
 
 
 def as_model(model_or_path):
-    """Accept a keras.Model or a path to one."""
+    """Accept a keras.Model or a path to one; a mixed-precision model comes back as its float32 twin."""
     keras = _keras()
     if isinstance(model_or_path, (str, os.PathLike)):
-        return load_model(model_or_path)
+        model_or_path = load_model(model_or_path)
     if not isinstance(model_or_path, keras.Model):
         raise ModelError(f"Expected a keras.Model or a model path, got {type(model_or_path).__name__}.")
-    return model_or_path
+    return float32_model(model_or_path)
+
+
+def _policy_name(layer) -> str:
+    policy = getattr(layer, "dtype_policy", None)
+    return str(getattr(policy, "name", policy if policy is not None else "float32"))
+
+
+def _non_float32_layers(model) -> List:
+    return [l for l in model._flatten_layers(include_self=False, recursive=True)
+            if _policy_name(l) != "float32" and not isinstance(l, _keras().layers.InputLayer)]
+
+
+def float32_model(model):
+    """The same model computing in float32: a clone with every layer's dtype policy set to float32.
+
+    Models saved under `mixed_float16` (or `float16` / `bfloat16`) compute in half precision:
+    synthesis and TFLite calibration need float32 activations and gradients. The weights are
+    copied (cast to float32), so the clone computes what the model computes, without the
+    half-precision rounding. A model that is already float32 is returned as it is.
+    Raises ModelError for a model Keras cannot clone (subclassed models).
+    """
+    keras = _keras()
+    if not _non_float32_layers(model):
+        return model
+
+    def clone(layer):
+        cfg = layer.get_config()
+        cfg["dtype"] = "float32"
+        return layer.__class__.from_config(cfg)
+
+    try:
+        new = keras.models.clone_model(model, clone_function=clone, recursive=True)
+        weights = [np.asarray(w, np.float32) if np.asarray(w).dtype.kind == "f" else w for w in model.get_weights()]
+        new.set_weights(weights)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types for an unclonable model
+        names = ", ".join(sorted({_policy_name(l) for l in _non_float32_layers(model)}))
+        raise ModelError(f"The model computes in {names}, and its float32 copy could not be built "
+                         f"({type(e).__name__}: {_shorten(e, 160)}); save it again under the float32 policy "
+                         "(keras.mixed_precision.set_global_policy('float32') before building it).") from None
+    if _non_float32_layers(new):
+        names = ", ".join(sorted({_policy_name(l) for l in _non_float32_layers(new)}))
+        raise ModelError(f"The model computes in {names} and could not be switched to float32; save it again "
+                         "under the float32 policy (keras.mixed_precision.set_global_policy('float32')).")
+    return new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,33 +161,89 @@ class ModelInfo:
     num_bn: int
 
 
+# Trained networks have weights of order 1; at this size squared activation statistics
+# overflow float32 (max 3.4e38) and synthesis produces NaN.
+_MAX_ABS_WEIGHT = 1e15
+
+
+def _model_inputs(model):
+    try:
+        return model.inputs
+    except (AttributeError, ValueError):
+        # Keras: "Sequential model ... has no defined inputs yet" for an unbuilt Sequential model.
+        raise ModelError(f"Model {model.name!r} was saved unbuilt, so its input shape is unknown: give the "
+                         "Sequential model an input (keras.Input((H, W, C)) as its first layer, or call "
+                         "model.build((None, H, W, C))) and save it again.") from None
+
+
+def _check_weights(model) -> None:
+    for w in model.weights:
+        a = np.asarray(w.numpy() if hasattr(w, "numpy") else w)
+        name = w.path if hasattr(w, "path") else w.name
+        if a.dtype.kind != "f" or a.size == 0:
+            continue
+        if not np.all(np.isfinite(a)):
+            raise ModelError(f"Weight {name} contains NaN or inf; fix or retrain the model before quantizing.")
+        big = float(np.max(np.abs(a)))
+        if big > _MAX_ABS_WEIGHT:
+            raise ModelError(f"Weight {name} has values as large as {big:.3g}; float32 activations overflow "
+                             "at that size (trained weights are of order 1). The model is corrupt or was not "
+                             "trained: fix or retrain it before quantizing.")
+    for bn in bn_layers(model):
+        var = np.asarray(bn.moving_variance.numpy(), np.float64)
+        if np.any(var < 0):
+            ch = int(np.argmin(var))
+            raise ModelError(f"BatchNormalization {bn.name!r} has a negative moving variance ({var[ch]:.3g} at "
+                             f"channel {ch}); a variance cannot be negative, so the model is corrupt: fix it "
+                             "(e.g. clip the moving variance at 0) or retrain it.")
+
+
 def validate_classifier(model) -> ModelInfo:
-    """Check the model is a single-input NHWC image classifier with finite weights."""
-    if len(model.inputs) != 1:
-        raise ModelError(f"The model has {len(model.inputs)} inputs; tflite_retroq needs exactly one image input.")
+    """Check the model is a single-input NHWC float image classifier with sane, finite weights."""
+    inputs = _model_inputs(model)
+    if len(inputs) != 1:
+        raise ModelError(f"The model has {len(inputs)} inputs; tflite_retroq needs exactly one image input.")
     if len(model.outputs) != 1:
         raise ModelError(f"The model has {len(model.outputs)} outputs; tflite_retroq needs exactly one output of class scores.")
-    in_shape = tuple(model.inputs[0].shape)
+    in_shape = tuple(inputs[0].shape)
     if len(in_shape) != 4 or any(d is None for d in in_shape[1:]):
         raise ModelError(f"The model input has shape {in_shape}; an image classifier needs a fixed "
                          "(batch, height, width, channels) input. Build it with keras.Input((H, W, C)).")
+    in_dtype = str(getattr(inputs[0], "dtype", "float32"))
+    if not in_dtype.startswith(("float", "bfloat")):
+        raise ModelError(f"The model input has dtype {in_dtype}; synthesized calibration images are float, so "
+                         "the model must take a float32 input: rebuild it with keras.Input((H, W, C)) (float32; "
+                         "keep any Rescaling layer) and copy the weights over.")
     out_shape = tuple(model.outputs[0].shape)
     if len(out_shape) != 2 or out_shape[1] is None or out_shape[1] < 2:
         raise ModelError(f"The model output has shape {out_shape}; a classifier must output rank-2 class "
                          "scores (batch, num_classes) with at least 2 classes.")
-    for w in model.weights:
-        a = np.asarray(w.numpy() if hasattr(w, "numpy") else w)
-        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            raise ModelError(f"Weight {w.path if hasattr(w, 'path') else w.name} contains NaN or inf; "
-                             "fix or retrain the model before quantizing.")
+    out_dtype = str(getattr(model.outputs[0], "dtype", "float32"))
+    if not out_dtype.startswith(("float", "bfloat")):
+        raise ModelError(f"The model output has dtype {out_dtype} (class decisions, e.g. argmax); pass the model "
+                         "that outputs class scores (logits or softmax probabilities) instead.")
+    _check_weights(model)
     probs = _outputs_probabilities(model, in_shape[1:])
     return ModelInfo(tuple(int(d) for d in in_shape[1:]), int(out_shape[1]), probs, len(bn_layers(model)))
 
 
 def _outputs_probabilities(model, hwc) -> bool:
-    """Softmax output? Decide numerically so nested models and Activation layers both count."""
+    """Softmax output? Decide numerically so nested models and Activation layers both count.
+
+    Also refuses outputs no calibration can use: NaN/inf, or exact class decisions
+    (one-hot / argmax), which have no gradient for synthesis and no int8 kernel.
+    """
     rng = np.random.default_rng(0)
-    y = np.asarray(model(rng.normal(size=(4,) + tuple(hwc)).astype(np.float32), training=False))
+    from tflite_retroq.io_utils import library_quiet
+    with library_quiet():  # Keras input-name warnings; TF's device probing on the first op writes to fd 2
+        y = np.asarray(model(rng.normal(size=(4,) + tuple(hwc)).astype(np.float32), training=False), np.float64)
+    if not np.all(np.isfinite(y)):
+        raise ModelError("The model outputs NaN or inf on random inputs; its weights overflow float32. Fix or "
+                         "retrain the model before quantizing.")
+    if np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
+        raise ModelError("The model outputs one-hot class decisions (e.g. one_hot(argmax)), not class scores: "
+                         "they have no gradient to synthesize from and no int8 kernel. Pass the model without "
+                         "its final argmax / one-hot step (ending in logits or softmax).")
     return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-4))
 
 
@@ -187,7 +306,7 @@ def _from_range(lo: np.ndarray, hi: np.ndarray, source: str) -> InputSpace:
 
 def resolve_input_space(model, spec: Optional[InputSpec] = None) -> InputSpace:
     """User spec first, then a Rescaling/Normalization front, else plain N(0, 1)."""
-    channels = int(model.inputs[0].shape[-1])
+    channels = int(_model_inputs(model)[0].shape[-1])
     spec = spec or InputSpec()
     if spec.mean is not None:
         mean = np.asarray(as_channels(spec.mean, channels, "input mean"))
@@ -207,7 +326,10 @@ def _detect(model, channels: int) -> InputSpace:
     front = _front_layers(model)
     ones = np.ones(channels)
     if not front:
-        return InputSpace((0.0,) * channels, (1.0,) * channels, None, None, "default: N(0, 1), no preprocessing layer found")
+        inferred = infer_input_space_from_bn(model, channels)
+        if inferred is not None:
+            return inferred
+        return guess_input_space_from_outputs(model, channels)
     # Compose the front as an affine map post = a * x + b per channel.
     a, b, lo, hi = ones.copy(), np.zeros(channels), None, None
     norm_seen = False
@@ -239,6 +361,123 @@ def _detect(model, channels: int) -> InputSpace:
     # post = a * x + b is the normalized space: z = post, x = (z - b) / a.
     return InputSpace(tuple(-b / a), tuple(1.0 / a), None if lo is None else tuple(lo),
                       None if hi is None else tuple(hi), src)
+
+
+# Pixel conventions the BN inference may recognize, narrowest first.
+_CONVENTIONS = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (-128.0, 127.0))
+
+
+def _first_bn_response(model, x: np.ndarray):
+    """(BN layer, mean [N, C_out], values [N, pixels, C_out]) of the first BatchNorm's input."""
+    with bn_taps(model) as taps, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model(x, training=False)
+        if not taps:
+            return None
+        layer, t = taps[0]
+    # Whole images: zero padding at the border affects the probes exactly as it affected the
+    # running statistics during training, so it cancels out of the fit.
+    t = np.asarray(t, np.float64)
+    flat = t.reshape(t.shape[0], -1, t.shape[-1])
+    return layer, flat.mean(axis=1), flat
+
+
+def infer_input_space_from_bn(model, channels: int) -> Optional["InputSpace"]:
+    """The real input's per-channel mean and std, read from the first BatchNorm's running statistics.
+
+    Valid when the first BatchNorm's input is an affine function of the image (conv is
+    linear): its running mean is A @ mean + c, solved by least squares; its running
+    variance is modelled as alpha * (sum of the filter)^2 + beta * ||filter||^2 (pixels
+    fully correlated / independent), fitted non-negatively, so std^2 = alpha + beta. A
+    standard pixel range (narrowest of [0,1], [-1,1], [0,255], [-128,127]) is adopted
+    when the inferred distribution sits inside it. None when no such BatchNorm exists.
+    """
+    hw = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    eye = np.eye(channels)
+    probes = [np.zeros(channels)] + [e for e in eye] + [-e for e in eye] + [np.ones(channels)]
+    x = np.stack([np.broadcast_to(p, hw + (channels,)) for p in probes]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((8,) + hw + (channels,)).astype(np.float32)
+    got = _first_bn_response(model, np.concatenate([x, noise]))
+    if got is None:
+        return None
+    layer, means, flat = got
+    c0 = means[0]
+    A = np.stack([means[1 + i] - c0 for i in range(channels)], axis=1)          # [C_out, C_in]
+    A_neg = np.stack([means[1 + channels + i] - c0 for i in range(channels)], axis=1)
+    scale = np.max(np.abs(A)) + 1e-12
+    if not np.allclose(A_neg, -A, atol=1e-3 * scale, rtol=1e-3):
+        return None  # not affine in the input (an activation before the first BatchNorm): cannot infer
+    mu_r, sd_r = (np.asarray(a, np.float64) for a in bn_targets(layer))
+    m, *_ = np.linalg.lstsq(A, mu_r - c0, rcond=None)
+    # Variance basis per output channel: fully correlated pixels (a constant image) and independent pixels.
+    corr = (means[1 + 2 * channels] - c0) ** 2
+    iid = np.mean((flat[-8:] - c0[None, None, :]) ** 2, axis=(0, 1))
+    var = sd_r ** 2 - float(layer.epsilon)
+    B = np.stack([corr, iid], axis=1)
+    coef = _nnls2(B, var)
+    std = float(np.sqrt(max(coef.sum(), 0.0)))
+    if not np.all(np.isfinite(m)) or not np.isfinite(std) or std <= 0:
+        return None
+    desc = (f"inferred from BatchNorm {layer.name!r} running statistics: input mean "
+            f"{'/'.join(f'{v:.3g}' for v in m)}, std {std:.3g}")
+    for lo, hi in _CONVENTIONS:
+        w = hi - lo
+        if np.all(m - std >= lo - 0.1 * w) and np.all(m + std <= hi + 0.1 * w) and 0.05 * w <= std <= 0.4 * w:
+            return InputSpace(tuple(np.clip(m, lo, hi)), (std,) * channels, (lo,) * channels, (hi,) * channels,
+                              f"{desc} -> pixels in [{lo:g}, {hi:g}]")
+    return InputSpace(tuple(m), (std,) * channels, None, None, f"{desc} -> normalized input, no pixel range")
+
+
+# A classifier trained with cross-entropy spreads its logits over a few units on inputs like
+# its training data; fed inputs 255x too small or too large, the spread is off by orders of
+# magnitude. Only the order of magnitude is used (log distance), so the exact value is not critical.
+_TYPICAL_LOGIT_SPREAD = 3.0
+
+
+def guess_input_space_from_outputs(model, channels: int) -> "InputSpace":
+    """No preprocessing layer, no BatchNorm: pick the pixel convention whose smooth test images give
+    logits of a trained classifier's usual spread; always reported as a guess (the caller warns)."""
+    hw = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0.0, 1.0, (32, 4, 4, channels)).astype(np.float32)
+    u = low[:, (np.arange(hw[0]) * 4) // hw[0]][:, :, (np.arange(hw[1]) * 4) // hw[1]]  # blocky "images" in [0, 1]
+    cands = [(None, (u - 0.5) / 0.29)] + [((lo, hi), lo + (hi - lo) * u) for lo, hi in _CONVENTIONS[:3]]
+    spreads = []
+    from tflite_retroq.io_utils import library_quiet
+    for rng_, x in cands:
+        with library_quiet():
+            y = np.asarray(model(x.astype(np.float32), training=False), np.float64)
+        if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
+            y = np.log(np.clip(y, 1e-30, 1.0))  # softmax output: back to logits up to a shift
+        y = y - y.mean(axis=1, keepdims=True)
+        spreads.append(float(np.median(y.std(axis=1))) + 1e-12)
+    best = int(np.argmin([abs(np.log(s / _TYPICAL_LOGIT_SPREAD)) for s in spreads]))
+    how = (f"guessed (no preprocessing layer, no BatchNorm to infer the input scale from) from the logit spread on "
+           f"smooth test images: {spreads[best]:.3g} vs {spreads[0]:.3g} for N(0, 1)")
+    fix = "; pass --input-range LO,HI or --input-mean/--input-std to state it"
+    if best == 0:
+        return InputSpace((0.0,) * channels, (1.0,) * channels, None, None, f"{how} -> normalized N(0, 1){fix}")
+    lo, hi = cands[best][0]
+    return _from_range(np.full(channels, lo), np.full(channels, hi), f"{how} -> pixels in [{lo:g}, {hi:g}]{fix}")
+
+
+def _nnls2(B: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares with two unknowns (closed form over the active sets)."""
+    best, best_err = np.zeros(2), np.inf
+    cands = [np.linalg.lstsq(B, y, rcond=None)[0]]
+    for j in range(2):
+        col = B[:, j]
+        d = float(col @ col)
+        c = np.zeros(2)
+        c[j] = max(float(col @ y) / d, 0.0) if d > 0 else 0.0
+        cands.append(c)
+    for c in cands:
+        if np.all(c >= 0):
+            err = float(np.sum((B @ c - y) ** 2))
+            if err < best_err:
+                best, best_err = c, err
+    return best
 
 
 # ----------------------------------------------------------------------------- BatchNorm taps

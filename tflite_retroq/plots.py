@@ -68,3 +68,37 @@ def plot_losses(data: SyntheticDataset, path: str) -> str:
     write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
+
+
+def plot_weight_levels(panels, path: Optional[str] = None, title: str = ""):
+    """Weight histograms with quantization levels drawn over them (like the paper's Fig. 3).
+
+    `panels`: list of (panel title, float weights, {label: levels}, (low fence, high fence) or None).
+    Writes a PNG when `path` is given, else returns the figure (notebooks show it).
+    """
+    plt = _plt()
+    colors = ["tab:red", "tab:gray", "tab:green", "tab:purple"]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)), squeeze=False)
+    for ax, (name, w, levels, fences) in zip(axes[:, 0], panels):
+        w = np.asarray(w, np.float64).ravel()
+        ax.hist(w, bins=200, color="tab:blue", alpha=0.6)
+        ax.set_yscale("log")
+        top = ax.get_ylim()[1]
+        for i, (label, lv) in enumerate(levels.items()):
+            lv = np.asarray(lv, np.float64).ravel()
+            style = "-" if i == 0 else "--" if i == 1 else ":"
+            ax.vlines(lv, 0.5, top, colors=colors[i % len(colors)], linestyles=style, linewidth=0.8,
+                      label=f"{label} ({len(np.unique(lv))})")
+        if fences is not None:
+            for f in fences:
+                ax.axvline(f, color="black", linewidth=1.2)
+        ax.set_title(name, fontsize=8, loc="left")
+        ax.legend(fontsize=7, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if path is None:
+        return fig
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path

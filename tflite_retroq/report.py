@@ -111,4 +111,43 @@ def format_inspect(info: Dict, name_width: int = 36) -> str:
                  _shape(l["weight_shape"]), l["scheme"], str(l["num_scales"]), _num(l["distinct_values"]),
                  _num(l["weight_bits"])] for l in info["layers"]]
         out += _table(["op", "output", "dtype", "shape", "scheme", "scales", "distinct", "bits"], rows)
+    out += _format_tables(info, name_width)
     return "\n".join(out)
+
+
+def format_targets(estimates: Dict[str, Dict]) -> str:
+    """`retroq inspect --target`: one block per target (Vela estimates or the TFLM arena)."""
+    out = ["target estimates:"]
+    for name, e in estimates.items():
+        if "arena_bytes" in e:
+            out.append(f"  {name}: runs on the TFLite Micro runtime (tflite-micro {e['tflm_version']}), "
+                       f"tensor arena {e['arena_bytes']:,} bytes, model {e['model_bytes']:,} bytes")
+            continue
+        cpu = f" ({', '.join(e['cpu_op_types'])})" if e["cpu_op_types"] else ""
+        out.append(f"  {name}: Vela {e['vela_version']}, {e['system_config']} / {e['memory_mode']}")
+        if e["npu_ops"]:
+            out.append(f"    inference {e['inference_time_s'] * 1e6:,.0f} us ({e['inferences_per_second']:,.0f} "
+                       f"inferences/s), {e['macs']:,} MACs")
+        else:
+            out.append("    nothing runs on the NPU (Ethos-U runs int8/int16 operators only): no estimate")
+        out.append(f"    operators: {e['npu_ops']} on the NPU, {e['cpu_ops']} on the CPU{cpu} "
+                   f"({100.0 * e['npu_fraction']:.1f} % NPU)")
+        out.append(f"    weights {e['original_weight_bytes']:,} bytes, encoded {e['encoded_weight_bytes']:,} bytes; "
+                   f"SRAM {e['sram_bytes']:,} bytes, flash {e['flash_bytes']:,} bytes"
+                   + (f", DRAM {e['dram_bytes']:,} bytes" if e["dram_bytes"] else ""))
+    return "\n".join(out)
+
+
+def _format_tables(info: Dict, name_width: int) -> List[str]:
+    """Weight tables (LUT): as packed, or as `--pack lut` would pack them; and which runtime runs the file."""
+    if "tables" not in info:
+        return []
+    out = ["", f"runtime: {info['runtime']}", "weight tables (LUT" + (", packed):" if info["lut_packed"]
+                                                                      else ", if packed with --pack lut):")]
+    rows = [[t["op"], _short(t["output"], name_width), _num(t["distinct_values"]),
+             _num(t["index_bits"]), "-" if t["index_bits"] is None else
+             ("tensor" if t["axis"] is None else f"axis {t['axis']}"),
+             _num(t["tables"]), _num(t["table_len"]), str(t["plain_bytes"]), _num(t["packed_bytes"])]
+            for t in info["tables"]]
+    return out + _table(["op", "output", "distinct", "index bits", "tables per", "tables", "table len",
+                         "plain B", "packed B"], rows)

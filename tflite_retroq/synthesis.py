@@ -1,30 +1,40 @@
 """Algorithm 1: retro-synthesis of calibration images from the float model itself.
 
-All classes are optimized together in one batch by one compiled tf.function step
-(BatchNorm statistics are batch statistics, so the batch must hold every class).
+Images are generated in mini-batches of bounded size (memory does not grow with the
+class count or the image budget); BatchNorm statistics are matched per batch, as
+ZeroQ and later data-free work do, and every batch spreads over many classes. One
+compiled tf.function step serves every batch of the same size. TensorFlow places
+it on a GPU when it sees one.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 import time
-from typing import Optional
+import warnings
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from tflite_retroq.config import InputSpec, SynthesisConfig, SynthesisMode
 from tflite_retroq.dataset import SyntheticDataset
+from tflite_retroq.errors import OutOfMemoryError, is_out_of_memory
+from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.keras_tools import (InputSpace, as_model, bn_layers, bn_targets, bn_taps,
                                        resolve_input_space, validate_classifier)
+from tflite_retroq import resources
 
 
-def make_targets(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+def make_targets(labels: np.ndarray, num_classes: int, rng: np.random.Generator,
+                 confidence=(0.6, 0.95)) -> np.ndarray:
     """A random probability vector per image whose argmax is the image's class.
 
-    The true class gets p in [0.6, 0.95); the rest is shared randomly, so every other
-    entry is < 0.4 and the argmax is guaranteed.
+    The true class gets p in [lo, hi); the rest is shared randomly, so with lo > 0.5
+    every other entry is < 0.5 and the argmax is guaranteed.
     """
     n = labels.shape[0]
-    p = rng.uniform(0.6, 0.95, size=n)
+    p = rng.uniform(confidence[0], confidence[1], size=n)
     rest = rng.uniform(0.0, 1.0, size=(n, num_classes))
     rest[np.arange(n), labels] = 0.0
     rest = rest / rest.sum(axis=1, keepdims=True) * (1.0 - p)[:, None]
@@ -32,95 +42,211 @@ def make_targets(labels: np.ndarray, num_classes: int, rng: np.random.Generator)
     return rest.astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one synthesis run does, decided before any image is kept."""
+    images: int
+    batch_size: int
+    iterations: int
+    per_image_bytes: int
+    memory_budget_bytes: int
+    batch_size_source: str
+    budget_source: str = "as configured"
+    measured_rate: Optional[float] = None  # image-iterations/s measured before planning, if any
+
+    @property
+    def batches(self) -> int:
+        return -(-self.images // self.batch_size)
+
+    def to_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), batches=self.batches)
+
+
+def spread_labels(n: int, num_classes: int, rng: np.random.Generator, per_class: Optional[int]) -> np.ndarray:
+    """Class of each image: consecutive images (one batch) cover as many distinct classes as possible."""
+    reps = per_class if per_class is not None else -(-n // num_classes)
+    return np.concatenate([rng.permutation(num_classes) for _ in range(reps)])[:n].astype(np.int64)
+
+
+def _batch_size(config: SynthesisConfig, n: int, per_image: int, budget: int, image_bytes: int):
+    """(batch size, how it was chosen): the user's if it fits, else the largest that fits, equalized."""
+    room = budget - n * image_bytes  # the finished images are kept beside the working batch
+    if config.batch_size is not None:
+        bs = min(config.batch_size, n)
+        if bs * per_image > room:
+            raise OutOfMemoryError(
+                f"batch size {bs} needs about {resources.fmt_bytes(bs * per_image + n * image_bytes)} for synthesis, "
+                f"more than the {resources.fmt_bytes(budget)} memory budget; lower --batch-size (at most "
+                f"{max(0, room // max(per_image, 1))} fits) or --images.")
+        return bs, "user"
+    fit = room // max(per_image, 1)
+    if fit < 1:
+        raise OutOfMemoryError(
+            f"one image needs about {resources.fmt_bytes(per_image)} for synthesis, more than the "
+            f"{resources.fmt_bytes(budget)} memory budget allows beside {n} images; lower --images or free memory.")
+    bs = int(max(1, min(fit, SynthesisConfig.MAX_AUTO_BATCH, n)))
+    bs = -(-n // -(-n // bs))  # equal batches: no small last batch with poor statistics and a second compile
+    return bs, f"auto: {resources.fmt_bytes(per_image)} per image, memory budget {resources.fmt_bytes(budget)}"
+
+
+def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape, rate: Optional[float] = None) -> Plan:
+    """Image count, batch size and iterations from the config, the model's memory and (if measured) its speed.
+
+    With a measured `rate` (image-iterations/s) and a time budget, defaults the user did not
+    set shrink until the work fits: iterations first (down to MIN_ITERATIONS), then images
+    (down to MIN_IMAGES). Work the user asked for explicitly is never cut.
+    """
+    n = config.total_images(num_classes)
+    iters = 0 if config.mode == SynthesisMode.GAUSSIAN else config.iterations_or_default
+    per_image = resources.activation_bytes_per_image(model)
+    budget = resources.memory_budget()
+    image_bytes = int(np.prod(input_shape)) * 4
+    if n * image_bytes > budget:
+        raise OutOfMemoryError(
+            f"{n} images of shape {tuple(input_shape)} need {resources.fmt_bytes(n * image_bytes)}, more than the "
+            f"{resources.fmt_bytes(budget)} memory budget; lower --images (or --samples).")
+    source = "as configured"
+    if rate and iters and config.time_budget is not None and n * iters / rate > config.time_budget:
+        # Coarse steps (10 iterations, 32 images) so small speed differences rarely change the plan.
+        work = config.time_budget * rate
+        if config.iterations is None:
+            iters = int(max(min(SynthesisConfig.MIN_ITERATIONS, iters), min(iters, work // n // 10 * 10)))
+        if config.images is None and config.samples_per_class is None and n * iters > work:
+            n = int(max(min(SynthesisConfig.MIN_IMAGES, n), min(n, work // iters // 32 * 32)))
+        source = (f"time budget {config.time_budget:g} s at {rate:.0f} image-iterations/s: {n} images x {iters} "
+                  f"iterations (pass --images/--iterations to fix them)")
+    bs, bs_src = _batch_size(config, n, per_image, budget, image_bytes)
+    return Plan(n, bs, iters, per_image, budget, bs_src, source, rate)
+
+
+def _resource_error(e: Exception, batch_size: int) -> Exception:
+    """TF raises ResourceExhaustedError (no common base with MemoryError): one line that says what to lower."""
+    if is_out_of_memory(e) and not isinstance(e, OutOfMemoryError):
+        return OutOfMemoryError(f"out of memory during synthesis at batch size {batch_size}; lower --batch-size "
+                             f"(or set {resources.ENV_BUDGET} to the megabytes synthesis may use).")
+    return e
+
+
 def synthesize(model, config: Optional[SynthesisConfig] = None, *, input_spec: Optional[InputSpec] = None,
                progress: bool = True) -> SyntheticDataset:
     """Synthesize calibration images (retro | zeroq | gaussian) from a float classifier.
 
     Returns images in the model's own input space (what `model(x)` expects), clipped to
-    the valid pixel range, samples_per_class images per class.
+    the valid pixel range.
     """
-    import tensorflow as tf
-
     config = config or SynthesisConfig()
     model = as_model(model)
+    with warnings.catch_warnings():  # Keras/TF chatter; the warnings that matter are ours, one line each
+        warnings.simplefilter("ignore")
+        data = _synthesize(model, config, input_spec, progress)
+    source = data.metadata["input_space"]["source"]
+    if source.startswith(("assumed", "guessed")):
+        warnings.warn(InputSpaceWarning(f"input space {source}"), stacklevel=2)
+    return data
+
+
+class InputSpaceWarning(UserWarning):
+    """The input space had to be guessed (nothing in the model states it): check it is right."""
+
+
+def _synthesize(model, config: SynthesisConfig, input_spec: Optional[InputSpec], progress: bool) -> SyntheticDataset:
     info = validate_classifier(model)
     space = resolve_input_space(model, input_spec)
-    h, w, c = info.input_shape
-    labels = np.repeat(np.arange(info.num_classes), config.samples_per_class).astype(np.int64)
-    n = labels.shape[0]
-    rng = np.random.default_rng(config.seed)
-    z0 = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    plan = plan_synthesis(model, config, info.num_classes, info.input_shape)
     zlo, zhi = space.z_bounds()
-    if zlo is not None:
-        z0 = np.clip(z0, zlo, zhi)
-    targets = make_targets(labels, info.num_classes, rng)
-    history = {"total": [], "bn": [], "prior": [], "class": []}
     t0 = time.perf_counter()
-    mode = config.mode
-    iterations = 0 if mode == SynthesisMode.GAUSSIAN else config.iterations
-    if iterations:
-        z, t1 = _optimize(tf, model, space, z0, targets, config, info.outputs_probabilities, iterations,
-                          (zlo, zhi), history, progress)
+    history: Dict[str, List[float]] = {"total": [], "bn": [], "prior": [], "class": []}
+    steady = None
+    if plan.iterations == 0:
+        rng = np.random.default_rng(config.seed)
+        labels = spread_labels(plan.images, info.num_classes, rng, config.samples_per_class)
+        z_all, _ = _run_batches(None, config, plan, labels, info, rng, (zlo, zhi), history, False)
     else:
-        z, t1 = z0, None
-    t_end = time.perf_counter()
-    seconds = t_end - t0
-    steady = (n * (iterations - 1) / (t_end - t1)) if t1 is not None and t_end > t1 else None
-    images = space.to_model_input(z)
+        with bn_taps(model) as taps:
+            opt = _Optimizer(model, taps, space, config, info.outputs_probabilities, (zlo, zhi))
+            try:
+                if config.time_budget is not None and (config.images is None and config.samples_per_class is None
+                                                       or config.iterations is None):
+                    plan = plan_synthesis(model, config, info.num_classes, info.input_shape,
+                                          rate=opt.measure_rate(plan.batch_size, info.input_shape, info.num_classes))
+                rng = np.random.default_rng(config.seed)
+                labels = spread_labels(plan.images, info.num_classes, rng, config.samples_per_class)
+                z_all, steady = _run_batches(opt, config, plan, labels, info, rng, (zlo, zhi), history, progress)
+            except Exception as e:
+                raise _resource_error(e, plan.batch_size) from None
+    seconds = time.perf_counter() - t0
+    images = space.to_model_input(z_all)
     meta = {
-        "mode": mode.value, "seed": config.seed, "config": config.to_dict(),
+        "mode": config.mode.value, "seed": config.seed, "config": config.to_dict(), "plan": plan.to_dict(),
         "input_space": space.to_dict(), "num_classes": info.num_classes,
         "num_bn_layers": info.num_bn, "outputs_probabilities": info.outputs_probabilities,
-        "seconds": seconds, "iterations_run": iterations, "model_name": model.name,
+        "seconds": seconds, "iterations_run": plan.iterations, "model_name": model.name,
         "images_per_second": steady,  # image-iterations per second after compilation
     }
     return SyntheticDataset(images=images, labels=labels, metadata=meta, loss_history=history)
 
 
-def _optimize(tf, model, space: InputSpace, z0, targets, config: SynthesisConfig, probs_out: bool,
-              iterations: int, bounds, history, progress: bool):
-    """Adam on the normalized images z, projected back into the valid range each step.
+def _initial(rng: np.random.Generator, n: int, shape, zlo, zhi) -> np.ndarray:
+    z0 = rng.standard_normal((n,) + tuple(shape)).astype(np.float32)
+    return np.clip(z0, zlo, zhi) if zlo is not None else z0
 
-    Returns (z, time after the first step): the first step traces and compiles, so the
-    steady-state rate is measured from then on.
+
+def _run_batches(opt: Optional["_Optimizer"], config: SynthesisConfig, plan: Plan, labels, info, rng, bounds,
+                 history, progress: bool):
+    """Optimize every batch (opt None: keep the initial images, gaussian mode); the loss history is the
+    image-weighted mean over batches per iteration. Same draws in every mode: batch by batch, the
+    initial images then the targets."""
+    z_all = np.empty((plan.images,) + tuple(info.input_shape), np.float32)
+    bar = _Progress(plan.batches * plan.iterations, enabled=progress)
+    sums = np.zeros((plan.iterations, 4), np.float64)
+    steady_time, steady_work = 0.0, 0
+    for b in range(plan.batches):
+        sl = slice(b * plan.batch_size, min(plan.images, (b + 1) * plan.batch_size))
+        z0 = _initial(rng, sl.stop - sl.start, info.input_shape, *bounds)
+        tg = make_targets(labels[sl], info.num_classes, rng, config.target_confidence)
+        if opt is None:
+            z_all[sl] = z0
+            continue
+
+        def on_step(i, losses, _b=b):
+            bar.update(_b * plan.iterations + i + 1,
+                       f"batch {_b + 1}/{plan.batches} loss {losses[0]:.4f} (bn {losses[1]:.4f} "
+                       f"prior {losses[2]:.4f} class {losses[3]:.4f})")
+
+        z, losses, t_steady, w_steady = opt.run(z0, tg, plan.iterations, on_step)
+        z_all[sl] = z
+        sums += losses * (sl.stop - sl.start)
+        steady_time, steady_work = steady_time + t_steady, steady_work + w_steady
+    bar.close()
+    mean = sums / plan.images
+    for k, key in enumerate(("total", "bn", "prior", "class")):
+        history[key] = [float(x) for x in mean[:, k]]
+    return z_all, (steady_work / steady_time if steady_time > 0 else None)
+
+
+class _Optimizer:
+    """Adam on the normalized images z of one batch, projected back into the valid range each step.
+
+    One XLA-compiled step per batch shape; the BatchNorm taps must stay open while it traces.
     """
-    with bn_taps(model) as taps:
+
+    def __init__(self, model, taps, space: InputSpace, config: SynthesisConfig, probs_out: bool, bounds):
+        import tensorflow as tf
+        self.tf, self.config, self.compiled = tf, config, set()
         stats = {id(l): tuple(tf.constant(a) for a in bn_targets(l)) for l in bn_layers(model)}
         use_cls = config.mode == SynthesisMode.RETRO
         w_bn, w_prior, w_cls = config.bn_weight, config.prior_weight, (config.class_weight if use_cls else 0.0)
-        space_tf = (tf.constant(np.asarray(space.offset, np.float32)), tf.constant(np.asarray(space.scale, np.float32)))
-        tgt = tf.constant(targets)
-        z = tf.Variable(z0)
-        m = tf.Variable(tf.zeros_like(z0))
-        v = tf.Variable(tf.zeros_like(z0))
-        step_t = tf.Variable(0.0)
+        off = tf.constant(np.asarray(space.offset, np.float32))
+        sc = tf.constant(np.asarray(space.scale, np.float32))
         lr, b1, b2, eps = config.learning_rate, 0.9, 0.999, 1e-8
         lo = None if bounds[0] is None else tf.constant(bounds[0].astype(np.float32))
         hi = None if bounds[1] is None else tf.constant(bounds[1].astype(np.float32))
+        ce = config.class_loss == "ce"
 
-        @tf.function(jit_compile=True)  # XLA: ~1.7x faster fwd+bwd on CPU (measured on ResNet-20)
-        def step():
-            with tf.GradientTape() as tape:
-                tape.watch(z)
-                bn, prior, cls = _loss_terms(z)
-                total = w_bn * bn + w_prior * prior + w_cls * cls
-            g = tape.gradient(total, z)
-            step_t.assign_add(1.0)
-            m.assign(b1 * m + (1 - b1) * g)
-            v.assign(b2 * v + (1 - b2) * tf.square(g))
-            mhat = m / (1 - tf.pow(b1, step_t))
-            vhat = v / (1 - tf.pow(b2, step_t))
-            new = z - lr * mhat / (tf.sqrt(vhat) + eps)
-            if lo is not None:
-                new = tf.clip_by_value(new, lo, hi)
-            z.assign(new)
-            return total, bn, prior, cls
-
-        def _loss_terms(zz):
+        def loss_terms(zz, tgt):
             """BN-statistics, Gaussian-prior and class losses of the current images."""
-            x = space_tf[0] + space_tf[1] * zz
             taps.clear()
-            out = model(x, training=False)
+            out = model(off + sc * zz, training=False)
             bn_terms = []
             for layer, t in taps:
                 mu_r, sd_r = stats[id(layer)]
@@ -132,21 +258,62 @@ def _optimize(tf, model, space: InputSpace, z0, targets, config: SynthesisConfig
             mu_z = tf.reduce_mean(zz, axis=[0, 1, 2])
             sd_z = tf.sqrt(tf.reduce_mean(tf.square(zz - mu_z), axis=[0, 1, 2]) + 1e-8)
             prior = tf.reduce_mean(tf.square(mu_z)) + tf.reduce_mean(tf.square(sd_z - 1.0))
-            p = out if probs_out else tf.nn.softmax(out, axis=-1)
-            cls = tf.reduce_mean(tf.square(p - tgt))
+            if ce:
+                logp = tf.math.log(tf.clip_by_value(out, 1e-12, 1.0)) if probs_out else tf.nn.log_softmax(out, -1)
+                cls = -tf.reduce_mean(tf.reduce_sum(tgt * logp, axis=-1))
+            else:
+                p = out if probs_out else tf.nn.softmax(out, axis=-1)
+                cls = tf.reduce_mean(tf.square(p - tgt))
             return bn, prior, cls
 
-        bar = _Progress(iterations, enabled=progress)
-        t1 = None
+        @tf.function(jit_compile=True)  # XLA: ~1.7x faster fwd+bwd on CPU (measured on ResNet-20)
+        def step(z, m, v, t, tgt):
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                bn, prior, cls = loss_terms(z, tgt)
+                total = w_bn * bn + w_prior * prior + w_cls * cls
+            g = tape.gradient(total, z)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * tf.square(g)
+            z = z - lr * (m / (1 - tf.pow(b1, t))) / (tf.sqrt(v / (1 - tf.pow(b2, t))) + eps)
+            if lo is not None:
+                z = tf.clip_by_value(z, lo, hi)
+            return z, m, v, tf.stack([total, bn, prior, cls])
+
+        self.step = step
+
+    def run(self, z0: np.ndarray, targets: np.ndarray, iterations: int, on_step=None):
+        """(z, losses [iterations, 4], steady seconds, steady image-iterations) for one batch."""
+        tf = self.tf
+        z = tf.constant(z0)
+        m, v = tf.zeros_like(z), tf.zeros_like(z)
+        tgt = tf.constant(targets)
+        n = z0.shape[0]
+        losses = np.zeros((iterations, 4), np.float64)
+        t_steady, w_steady = 0.0, 0
         for i in range(iterations):
-            if i == 1:
-                t1 = time.perf_counter()
-            total, bn, prior, cls = (float(a) for a in step())
-            for k, val in (("total", total), ("bn", bn), ("prior", prior), ("class", cls)):
-                history[k].append(val)
-            bar.update(i + 1, f"loss {total:.4f} (bn {bn:.4f} prior {prior:.4f} class {cls:.4f})")
-        bar.close()
-        return z.numpy(), t1
+            ts = time.perf_counter()
+            if n in self.compiled:
+                z, m, v, lv = self.step(z, m, v, tf.constant(float(i + 1)), tgt)
+            else:
+                with library_quiet():  # the first call traces and XLA-compiles: native INFO lines on fd 2
+                    z, m, v, lv = self.step(z, m, v, tf.constant(float(i + 1)), tgt)
+            losses[i] = lv.numpy()
+            if n in self.compiled:
+                t_steady += time.perf_counter() - ts
+                w_steady += n
+            self.compiled.add(n)
+            if on_step is not None:
+                on_step(i, losses[i])
+        return z.numpy(), losses, t_steady, w_steady
+
+    def measure_rate(self, batch: int, shape, num_classes: int, steps: int = 3) -> float:
+        """Image-iterations/s of this batch size: compile once, then time a few throwaway steps."""
+        rng = np.random.default_rng(12345)
+        z0 = rng.standard_normal((batch,) + tuple(shape)).astype(np.float32)
+        tg = make_targets(rng.integers(0, num_classes, batch), num_classes, rng, self.config.target_confidence)
+        _, _, t, w = self.run(z0, tg, 1 + steps)
+        return w / t if t > 0 else float("inf")
 
 
 class _Progress:

@@ -139,4 +139,11 @@ def inspect_model(data: bytes) -> dict:
         "outputs": outputs,
         "tensors": tensors,
         "layers": layers,
+        **_weight_tables(data),
     }
+
+
+def _weight_tables(data: bytes) -> dict:
+    """LUT packing: runtime note, per weight tensor distinct values and table size (tflite.pack)."""
+    from tflite_retroq.tflite.pack import weight_tables
+    return weight_tables(data)

@@ -41,13 +41,15 @@ def read(data: bytes):
 
 def read_bytes(path: str) -> bytes:
     """The raw bytes of a .tflite file, or TFLiteModelError naming what is wrong with the path."""
+    from tflite_retroq.io_utils import check_readable
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise TFLiteModelError(f"{path!r} is a directory; pass the path of a .tflite model.")
-    if not os.path.isfile(path):
-        raise TFLiteModelError(f"TFLite file {path!r} does not exist; pass the path of a .tflite model.")
-    with open(path, "rb") as f:
-        return f.read()
+    check_readable(path, "TFLite file", TFLiteModelError, "pass the path of a .tflite model")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TFLiteModelError(f"TFLite file {path!r} cannot be read ({e.strerror}); check the file and its "
+                               "permissions.") from None
 
 
 def read_file(path: str):

@@ -1,0 +1,314 @@
+"""The bad-input contract of the `retroq` console script, one table row per hostile input.
+
+Every row runs the real console script in its own process (two at a time) and must give:
+exit code 2, exactly one stderr line `retroq: error: ...` naming the real cause, nothing on
+stdout, the input folder byte-for-byte unchanged (names, file types, modes, contents) and
+nothing written to the output folder. The rows cover issue 11's table (output = --data-file,
+FIFO model, unbuilt Sequential, absurd --samples, --samples x 1000 classes out of memory,
+malformed --data-file, unreadable files, negative BN variance) and its wrong-cause list
+(unreadable vs corrupt, FIFO vs missing, integer input, one-hot/argmax output, huge
+weights, load reasons cut mid-word). A mixed_float16 model must convert (in float32).
+
+Permission rows need a file this process cannot read. As root (CI), permission bits do not
+bind, so those rows run the CLI with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped from
+the capability bounding set before exec: a real root process that file modes then bind. If
+that cannot be done the rows FAIL (never skip). Absurd-memory rows run under RLIMIT_AS, so
+the allocation fails the same way whatever the machine's overcommit policy.
+"""
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+H, W, C, CLASSES = 8, 8, 3, 4
+TIMEOUT = 120  # a FIFO read that blocks shows up as a timeout, not a hung suite
+
+
+def _cli():
+    exe = Path(sys.executable).with_name("retroq")
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("retroq")
+    return [found] if found else [sys.executable, "-m", "tflite_retroq.cli"]
+
+
+CLI = _cli()
+
+# Runs argv[2:] after optionally dropping root's file-permission override and capping memory.
+_WRAP = r"""
+import ctypes, os, resource, sys
+mode, argv = sys.argv[1], sys.argv[2:]
+if "nodac" in mode and os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; PR_CAPBSET_DROP = 24
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            sys.exit("WRAP-FAILED: cannot drop capability %d (errno %d)" % (cap, ctypes.get_errno()))
+if "rlimit" in mode:
+    resource.setrlimit(resource.RLIMIT_AS, (24 << 30, 24 << 30))
+os.execv(argv[0], argv)
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("RETROQ_TRACEBACK", None)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def run_cli(args, mode="plain", umask=None):
+    argv = CLI + [str(a) for a in args]
+    if mode != "plain":
+        exe = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0])
+        argv = [sys.executable, "-c", _WRAP, mode, exe] + argv[1:]
+    kwargs = {"umask": umask} if umask is not None else {}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), **kwargs)
+
+
+def snapshot(folder):
+    """Names, file types, permission bits, link targets and contents of everything in `folder`."""
+    out = {}
+    for p in sorted(Path(folder).rglob("*")):
+        st = p.lstat()
+        entry = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)]
+        if p.is_symlink():
+            entry.append(os.readlink(p))
+        elif stat.S_ISREG(st.st_mode):
+            try:
+                entry.append(hashlib.sha256(p.read_bytes()).hexdigest())
+            except PermissionError:  # not root: the unreadable fixtures
+                entry.append((st.st_size, st.st_mtime_ns))
+        out[str(p.relative_to(folder))] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+def _tiny(keras, classes=CLASSES, in_dtype="float32", shape=(H, W, C), name="tiny"):
+    inp = keras.Input(shape, dtype=in_dtype, name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inp)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, keras.layers.Dense(classes, name="fc")(x), name=name)
+
+
+def _mismatched_keras(src, dst):
+    """A .keras archive whose config no longer fits its weights (Keras's error is long: it dumps the variable)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                data = data.replace(b'"units": 4', b'"units": 5')
+                assert b'"units": 5' in data
+            zout.writestr(item, data)
+
+
+@pytest.fixture(scope="module")
+def files():
+    """Every hostile input in one folder; the folder itself is the 'unchanged' witness."""
+    import keras
+    from tflite_retroq.converter import float_tflite
+    from tflite_retroq.dataset import SyntheticDataset
+
+    d = Path(tempfile.mkdtemp(prefix="retroq-contract-"))
+    keras.utils.set_random_seed(0)
+    good = _tiny(keras)
+    good.save(d / "good.keras")
+    (d / "good.tflite").write_bytes(float_tflite(good))
+    rng = np.random.default_rng(0)
+    SyntheticDataset(images=rng.uniform(0, 255, (8, H, W, C)), labels=np.arange(8) % CLASSES).save(d / "data.npz")
+    os.symlink("data.npz", d / "link.npz")
+    os.link(d / "good.keras", d / "hardlink.keras")
+
+    keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                      keras.layers.Dense(CLASSES)]).save(d / "unbuilt.keras")
+    _tiny(keras, classes=1000, shape=(16, 16, 3), name="k1000").save(d / "k1000.keras")
+    neg = _tiny(keras, name="negvar")
+    neg.get_layer("bn").moving_variance.assign(np.array([1.0, -0.5, 1.0, 1.0], np.float32))
+    neg.save(d / "negvar.keras")
+    huge = _tiny(keras, name="huge")
+    huge.get_layer("conv").kernel.assign(np.full(huge.get_layer("conv").kernel.shape, 1e30, np.float32))
+    huge.save(d / "huge.keras")
+    _tiny(keras, in_dtype="uint8", name="uint8_input").save(d / "uint8_input.keras")
+    inp = keras.Input((H, W, C))
+    scores = keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp)))
+    keras.Model(inp, keras.ops.one_hot(keras.ops.argmax(scores, axis=-1), CLASSES)).save(d / "onehot.keras")
+    keras.Model(inp, keras.ops.argmax(scores, axis=-1)).save(d / "argmax.keras")
+    _mismatched_keras(d / "good.keras", d / "mismatched.keras")
+
+    meta_ok = json.dumps({"format": "tflite_retroq.SyntheticDataset/1", "metadata": {}, "loss_history": {}})
+    np.savez(d / "meta_list.npz", images=np.zeros((4, H, W, C), np.float32), labels=np.arange(4),
+             meta=np.asarray(json.dumps([1, 2])))
+    np.savez(d / "images_strings.npz", images=np.full((4, H, W, C), "a"), labels=np.arange(4),
+             meta=np.asarray(meta_ok))
+
+    for name in ("fifo.keras", "fifo.npz", "fifo.tflite", "out_fifo.tflite"):
+        os.mkfifo(d / name)
+    for src, dst in (("good.keras", "secret.keras"), ("good.tflite", "secret.tflite"), ("data.npz", "secret.npz")):
+        shutil.copy(d / src, d / dst)
+        os.chmod(d / dst, 0)
+    yield d
+    for name in ("secret.keras", "secret.tflite", "secret.npz"):
+        os.chmod(d / name, 0o600)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# id, command line ({f} = the inputs folder, {o} = a fresh empty output folder), words the one
+# error line must contain (any one of a tuple), words it must not contain, runner mode.
+CASES = [
+    ("output_is_data_file", ["convert", "{f}/good.keras", "-o", "{f}/data.npz", "--data-file", "{f}/data.npz"],
+     ["input dataset", "another output path"], [], "plain"),
+    ("output_symlink_to_data_file", ["convert", "{f}/good.keras", "-o", "{f}/link.npz", "--data-file",
+                                     "{f}/data.npz"], ["input dataset"], [], "plain"),
+    ("output_hardlink_to_model", ["convert", "{f}/good.keras", "-o", "{f}/hardlink.keras"], ["input model"], [],
+     "plain"),
+    ("report_is_data_file", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file", "{f}/data.npz",
+                             "--report", "{f}/data.npz"], ["input dataset"], [], "plain"),
+    ("model_is_fifo", ["convert", "{f}/fifo.keras", "-o", "{o}/x.tflite"], ["fifo", "regular file"],
+     ["does not exist"], "plain"),
+    ("data_file_is_fifo", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file", "{f}/fifo.npz"],
+     ["fifo"], ["does not exist"], "plain"),
+    ("inspect_fifo", ["inspect", "{f}/fifo.tflite"], ["fifo"], ["does not exist"], "plain"),
+    ("output_is_fifo", ["convert", "{f}/good.keras", "-o", "{f}/out_fifo.tflite"], ["fifo", "regular file"], [],
+     "plain"),
+    ("output_is_device", ["synthesize", "{f}/good.keras", "-o", os.devnull], ["character device"], [], "plain"),
+    ("unbuilt_sequential", ["convert", "{f}/unbuilt.keras", "-o", "{o}/x.tflite"], ["unbuilt", "keras.Input"],
+     ["internal"], "plain"),
+    ("samples_overflow", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--samples",
+                          "99999999999999999999"], ["--samples"], ["overflow"], "plain"),
+    ("iterations_overflow", ["synthesize", "{f}/good.keras", "-o", "{o}/x.npz", "--iterations",
+                             "99999999999999999999"], ["--iterations"], ["overflow"], "plain"),
+    # refused before allocating (a memory budget) or out of memory: either way the one-line contract
+    ("samples_1000_classes_oom", ["convert", "{f}/k1000.keras", "-o", "{o}/x.tflite", "--samples", "100000",
+                                  "--quiet"], [("memory", "--samples")], ["internal"], "rlimit"),
+    ("data_file_meta_list", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
+                             "{f}/meta_list.npz"], ["malformed metadata"], [], "plain"),
+    ("data_file_images_strings", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
+                                  "{f}/images_strings.npz"], ["images must be numbers"], [], "plain"),
+    ("inspect_unreadable", ["inspect", "{f}/secret.tflite"], ["permission denied"], ["does not exist"], "nodac"),
+    ("model_unreadable", ["convert", "{f}/secret.keras", "-o", "{o}/x.tflite"], ["permission denied"],
+     ["corrupt", "truncated"], "nodac"),
+    ("data_file_unreadable", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
+                              "{f}/secret.npz"], ["permission denied"], ["not a tflite_retroq dataset"], "nodac"),
+    ("bn_negative_variance", ["convert", "{f}/negvar.keras", "-o", "{o}/x.tflite", "--samples", "1",
+                              "--iterations", "1"], ["negative moving variance", "'bn'"],
+     ["learning rate", "warning"], "plain"),
+    ("huge_weights", ["synthesize", "{f}/huge.keras", "-o", "{o}/x.npz", "--samples", "1", "--iterations", "1"],
+     ["1e+30", "conv"], ["learning rate"], "plain"),
+    ("integer_input", ["convert", "{f}/uint8_input.keras", "-o", "{o}/x.tflite", "--samples", "1",
+                       "--iterations", "1"], ["uint8", "float32 input"], ["operator"], "plain"),
+    ("one_hot_output", ["convert", "{f}/onehot.keras", "-o", "{o}/x.tflite", "--samples", "1", "--iterations",
+                        "1"], ["one-hot"], ["tf.", "{", "operator"], "plain"),
+    ("argmax_output", ["convert", "{f}/argmax.keras", "-o", "{o}/x.tflite"], ["class scores"], [], "plain"),
+    ("load_reason_long", ["synthesize", "{f}/mismatched.keras", "-o", "{o}/x.npz"],
+     ["could not be loaded", "..."], [], "plain"),
+]
+
+
+@pytest.fixture(scope="module")
+def results(files, tmp_path_factory):
+    """All rows, two processes at a time; each test then checks its own row."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    before = snapshot(files)
+    futures = {}
+    for case_id, argv, _, _, mode in CASES:
+        out = tmp_path_factory.mktemp(case_id)
+        futures[case_id] = (pool.submit(run_cli, [a.format(f=files, o=out) for a in argv], mode), out)
+    yield before, futures
+    pool.shutdown(wait=True)
+
+
+def _words(line, must, must_not):
+    low = line.lower()
+    for w in must:
+        options = w if isinstance(w, tuple) else (w,)
+        assert any(o.lower() in low for o in options), f"none of {options} in: {line}"
+    for w in must_not:
+        assert w.lower() not in low, f"{w!r} in: {line}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_contract(case, files, results):
+    case_id, _, must, must_not, _ = case
+    before, futures = results
+    future, out = futures[case_id]
+    proc = future.result()
+    lines = proc.stderr.splitlines()
+    assert "WRAP-FAILED" not in proc.stderr, f"cannot make the file unreadable on this machine: {proc.stderr}"
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{proc.stderr}"
+    assert lines[0].startswith("retroq: error: "), lines[0]
+    assert proc.stdout == ""
+    _words(lines[0], must, must_not)
+    assert list(Path(out).iterdir()) == [], f"left in the output folder: {list(Path(out).iterdir())}"
+    assert snapshot(files) == before, "the inputs folder changed"
+
+
+def test_long_load_reason_is_cut_at_a_word(results):
+    """Keras's (long) reason is shortened to at most 240 characters, ending at a whole word plus '...'."""
+    line = results[1]["load_reason_long"][0].result().stderr.strip()
+    reason = line.split("as a Keras model (", 1)[1].rsplit("); save it", 1)[0]
+    assert reason.endswith("...") and len(reason) <= 240, reason
+    assert "shape" in reason  # the real cause, not only Keras's preamble line
+
+
+def test_shorten_cuts_at_word_boundaries():
+    from tflite_retroq.keras_tools import _shorten
+    words = [f"word{i:03d}" for i in range(100)]
+    text = "  ".join(words) + "\n\n tail"
+    out = _shorten(text, 100)
+    assert len(out) <= 100 and out.endswith("...")
+    kept = out[:-3].split(" ")
+    assert kept == words[:len(kept)] and len(kept) >= 8  # whole words, in order, none cut
+    assert _shorten("short\n text", 100) == "short text"
+
+
+def test_unreadable_fixture_is_really_unreadable(files):
+    """The permission rows mean something only if the wrapped process cannot read the file."""
+    probe = [sys.executable, "-c", f"open({str(files / 'secret.keras')!r}, 'rb').read(1)"]
+    proc = subprocess.run([sys.executable, "-c", _WRAP, "nodac"] + probe, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert "WRAP-FAILED" not in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and "PermissionError" in proc.stderr, (proc.returncode, proc.stderr)
+
+
+def test_mixed_float16_model_converts_in_float32_with_umask_mode(tmp_path):
+    """A model saved under mixed_float16 converts (synthesis runs in float32), and the .tflite gets
+    the user's umask mode (0640 under umask 027), not the temporary file's 0600."""
+    import keras
+    from tflite_retroq.evaluate import run_tflite
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(1)
+        model = _tiny(keras, name="mixed")
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert model.get_layer("conv").compute_dtype == "float16"
+    model.save(tmp_path / "mixed.keras")
+    out = tmp_path / "out" / "mixed.tflite"
+    out.parent.mkdir()
+    proc = run_cli(["convert", tmp_path / "mixed.keras", "-o", out, "--samples", "2", "--iterations", "3",
+                    "--quiet"], umask=0o027)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert [p.name for p in out.parent.iterdir()] == ["mixed.tflite"]
+    x = np.random.default_rng(0).uniform(0, 255, (16, H, W, C)).astype(np.float32)
+    y = run_tflite(out.read_bytes(), x)
+    ref = np.asarray(model(x), np.float64)
+    assert y.shape == ref.shape and np.all(np.isfinite(y))
+    # int8 on 8 synthetic calibration images of a random tiny model: close to the float outputs
+    assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.9

@@ -1,0 +1,84 @@
+"""Memory accounting for synthesis: how much one image costs, how much we may use.
+
+The batch size is chosen from these numbers before anything is allocated, so the
+peak does not grow with the class count or the image budget beyond one batch, and a
+request that cannot fit is refused with one line instead of an allocator crash.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+ENV_BUDGET = "RETROQ_MEMORY_BUDGET_MB"
+# Bytes held per activation element during one compiled forward+backward step: the float32
+# activation kept for the backward pass, its gradient, and XLA temporaries. Measured on
+# MobileNetV2 / ResNet-20 / ResNet-8 (see benchmarks/results/scale.md); a cost model, not a quality knob.
+BYTES_PER_ACTIVATION = 16
+MAX_BUDGET = 4 << 30  # leave room for TensorFlow itself: peak RSS stays well under 8 GB
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def available_bytes() -> int:
+    """MemAvailable, bounded by a cgroup (container) limit when there is one."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    limit, usage = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and usage is not None:
+        avail = min(avail, limit - usage) if avail is not None else limit - usage
+    return int(avail) if avail is not None else 8 << 30  # unknown platform: assume a modest machine
+
+
+def memory_budget() -> int:
+    """Bytes synthesis may use: $RETROQ_MEMORY_BUDGET_MB if set, else half the available memory, at most 4 GiB."""
+    env = os.environ.get(ENV_BUDGET)
+    if env:
+        try:
+            mb = float(env)
+        except ValueError:
+            from tflite_retroq.errors import ConfigError
+            raise ConfigError(f"{ENV_BUDGET}={env!r} must be a number of megabytes.") from None
+        return max(0, int(mb * (1 << 20)))
+    return int(min(available_bytes() // 2, MAX_BUDGET))
+
+
+def activation_elements(model) -> int:
+    """Elements of every layer output for one image (nested models counted through their layers)."""
+    import keras
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            for t in node.output_tensors:
+                shape = [d for d in tuple(t.shape)[1:]]
+                if all(isinstance(d, int) for d in shape):
+                    total += int(np.prod(shape)) if shape else 1
+    return total
+
+
+def activation_bytes_per_image(model) -> int:
+    return max(1, activation_elements(model)) * BYTES_PER_ACTIVATION

@@ -1,0 +1,89 @@
+"""Static-shape export: a Keras model behind an Input with a fixed batch.
+
+Our Keras models keep a dynamic batch dimension, so every Flatten/Reshape becomes
+SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE in the .tflite: shape computations that
+microcontroller runtimes and NPU compilers (Vela: "Tensors must have constant
+shape") either reject or must fold themselves. Converting a wrapper whose Input has
+a fixed batch lets the converter fold them into constants; the weights, and so
+every tensor value, are the model's own.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, List, Optional
+
+import numpy as np
+
+from tflite_retroq.errors import ConfigError, DataError
+
+SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
+
+
+def check_batch_size(batch_size: Optional[int]) -> Optional[int]:
+    """None (dynamic batch) or a positive int; ConfigError otherwise."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} must be a positive integer (1 for microcontrollers and NPUs) "
+                          "or None for a dynamic batch.")
+    return int(batch_size)
+
+
+def fixed_batch_model(model, batch_size: int):
+    """A functional wrapper of `model` whose Input has batch `batch_size` (same layers, same weights)."""
+    import keras
+    shape = tuple(model.input_shape[1:])
+    inp = keras.Input(batch_shape=(batch_size,) + shape, dtype=model.inputs[0].dtype)
+    return keras.Model(inp, model(inp), name=model.name)
+
+
+def fixed_batches(gen_fn: Callable[[], Iterator[List[np.ndarray]]], batch_size: int
+                  ) -> Callable[[], Iterator[List[np.ndarray]]]:
+    """Regroup a representative-dataset generator into batches of exactly `batch_size` images.
+
+    A fixed-batch model accepts no other batch; a remainder smaller than the batch is dropped.
+    """
+    def gen():
+        pending: List[np.ndarray] = []
+        count = fed = 0
+        for sample in gen_fn():
+            x = np.asarray(sample[0] if isinstance(sample, (list, tuple)) else sample)
+            pending.append(x)
+            count += len(x)
+            while count >= batch_size:
+                block = np.concatenate(pending, axis=0)
+                yield [block[:batch_size]]
+                fed += 1
+                rest = block[batch_size:]
+                pending, count = ([rest] if len(rest) else []), len(rest)
+        if fed == 0:
+            raise DataError(f"The calibration data holds {count} images, fewer than the static batch of "
+                            f"{batch_size}; give more images or a smaller batch_size.")
+    return gen
+
+
+def input_batch(model_bytes: bytes) -> Optional[int]:
+    """The fixed batch of the model's first input, or None when the batch is dynamic."""
+    from tflite_retroq.tflite import model as tfm
+    m = tfm.read(bytes(model_bytes))
+    sg = m.subgraphs[0]
+    t = sg.tensors[sg.inputs[0]]
+    sig = t.shapeSignature if t.shapeSignature is not None and len(t.shapeSignature) else t.shape
+    return None if int(sig[0]) < 0 else int(sig[0])
+
+
+def shape_ops(model_bytes: bytes) -> List[str]:
+    """Names of the shape-computing operators (SHAPE / STRIDED_SLICE / PACK) left in a .tflite."""
+    from tflite_retroq.tflite import model as tfm
+    m = tfm.read(bytes(model_bytes))
+    return [tfm.op_name(m, op) for sg in m.subgraphs for op in sg.operators if tfm.op_name(m, op) in SHAPE_OPS]
+
+
+def check_calibrated_batch(calibrated: bytes, batch_size: Optional[int]) -> None:
+    """A given `batch_size` must match the batch the calibrated model was exported with."""
+    batch_size = check_batch_size(batch_size)
+    if batch_size is None:
+        return
+    have = input_batch(calibrated)
+    if have != batch_size:
+        raise ConfigError(f"batch_size={batch_size} conflicts with the calibrated model, whose batch is "
+                          f"{'dynamic' if have is None else have}; calibrate with the same batch_size.")
