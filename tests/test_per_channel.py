@@ -183,3 +183,14 @@ def test_depth_multiplier_layer_is_bit_exact_and_matched():
                                     ("fc", "FULLY_CONNECTED", "per-tensor", 0.0)))
     hyb = rq.convert(m, x, scheme="hybrid", plan=plan, calibrated=cal)
     assert _same(_tensors(hyb)[0], want[0]) and per_channel_ops(hyb) == [0]
+
+
+def test_hybrid_composes_with_nonuniform(model, images, calibrated):
+    """Each layer of a non-uniform hybrid equals the non-uniform per-channel or per-tensor model's layer."""
+    kw = dict(weight_bits=4, nonuniform=True, calibrated=calibrated)
+    hyb = rq.convert(model, images, scheme="hybrid", plan=_plan(["dw", "fc"]), **kw)
+    pt, pc = _tensors(rq.convert(model, images, scheme="per-tensor", **kw)), _tensors(
+        rq.convert(model, images, scheme="per-channel", **kw))
+    got = _tensors(hyb)
+    for i, name in enumerate(["c0", "dw", "pw", "fc"]):
+        assert _same(got[i], pc[i] if name in ("dw", "fc") else pt[i]), name
