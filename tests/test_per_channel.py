@@ -12,7 +12,6 @@ from tflite_retroq.errors import ConfigError, DataError, TFLiteModelError
 from tflite_retroq.hybrid import match_layers
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.per_channel import per_channel_ops, to_per_channel
-from tflite_retroq.tflite.weight_bits import limit_weight_bits
 
 from test_sensitivity import build_residual_model, H, W, C
 

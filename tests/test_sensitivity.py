@@ -282,3 +282,23 @@ def test_sequential_and_depth_multiplier_match_brute_force(sequential_model, nor
         for l in res.layers:
             assert [l.kl_per_tensor, l.kl_per_channel] == pytest.approx(want[l.name], rel=2e-3, abs=1e-9), l.name
     assert res.layers[0].channels == 5
+
+
+def test_shared_layer_called_twice_matches_brute_force():
+    """A layer used at two places: its quantized kernel must act at both (the unstacked path)."""
+    import keras
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((H, W, C))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c0")(inp)
+    shared = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="shared")
+    x = shared(shared(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(K, name="fc")(x))
+    k = shared.kernel
+    k.assign(k.numpy() * np.geomspace(0.05, 3.0, 4).astype(np.float32))
+    images = np.random.default_rng(5).normal(0, 1, (10, H, W, C)).astype(np.float32)
+    res = rq.analyze_sensitivity(model, images, weight_bits=4)
+    want = _brute_force(model, images, 4)
+    assert res.names == ["c0", "shared", "fc"]
+    for l in res.layers:
+        assert [l.kl_per_tensor, l.kl_per_channel] == pytest.approx(want[l.name], rel=2e-3, abs=1e-9), l.name
