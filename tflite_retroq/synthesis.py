@@ -89,12 +89,14 @@ def _batch_size(config: SynthesisConfig, n: int, per_image: int, budget: int, im
     return bs, f"auto: {resources.fmt_bytes(per_image)} per image, memory budget {resources.fmt_bytes(budget)}"
 
 
-def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape, rate: Optional[float] = None) -> Plan:
+def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape, rate: Optional[float] = None,
+                   spent: float = 0.0) -> Plan:
     """Image count, batch size and iterations from the config, the model's memory and (if measured) its speed.
 
     With a measured `rate` (image-iterations/s) and a time budget, defaults the user did not
     set shrink until the work fits: iterations first (down to MIN_ITERATIONS), then images
-    (down to MIN_IMAGES). Work the user asked for explicitly is never cut.
+    (down to MIN_IMAGES). Work the user asked for explicitly is never cut. `spent`: seconds
+    already used (compiling, measuring), taken off the budget.
     """
     n = config.total_images(num_classes)
     iters = 0 if config.mode == SynthesisMode.GAUSSIAN else config.iterations_or_default
@@ -106,9 +108,10 @@ def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape
             f"{n} images of shape {tuple(input_shape)} need {resources.fmt_bytes(n * image_bytes)}, more than the "
             f"{resources.fmt_bytes(budget)} memory budget; lower --images (or --samples).")
     source = "as configured"
-    if rate and iters and config.time_budget is not None and n * iters / rate > config.time_budget:
+    left = None if config.time_budget is None else max(config.time_budget - spent, 0.25 * config.time_budget)
+    if rate and iters and left is not None and n * iters / rate > left:
         # Coarse steps (10 iterations, 32 images) so small speed differences rarely change the plan.
-        work = config.time_budget * rate
+        work = left * rate
         if config.iterations is None:
             iters = int(max(min(SynthesisConfig.MIN_ITERATIONS, iters), min(iters, work // n // 10 * 10)))
         if config.images is None and config.samples_per_class is None and n * iters > work:
@@ -167,8 +170,9 @@ def _synthesize(model, config: SynthesisConfig, input_spec: Optional[InputSpec],
             try:
                 if config.time_budget is not None and (config.images is None and config.samples_per_class is None
                                                        or config.iterations is None):
-                    plan = plan_synthesis(model, config, info.num_classes, info.input_shape,
-                                          rate=opt.measure_rate(plan.batch_size, info.input_shape, info.num_classes))
+                    rate = opt.measure_rate(plan.batch_size, info.input_shape, info.num_classes)
+                    plan = plan_synthesis(model, config, info.num_classes, info.input_shape, rate=rate,
+                                          spent=time.perf_counter() - t0)
                 rng = np.random.default_rng(config.seed)
                 labels = spread_labels(plan.images, info.num_classes, rng, config.samples_per_class)
                 z_all, steady = _run_batches(opt, config, plan, labels, info, rng, (zlo, zhi), history, progress)
