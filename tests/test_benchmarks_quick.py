@@ -65,3 +65,26 @@ def test_nonuniform_quick(tmp_path):
     for png in ("nonuniform_hist_resnet20.png", "nonuniform_layers_resnet20.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Non-uniform minus uniform" in (tmp_path / "nonuniform.md").read_text()
+
+
+def test_hybrid_quick(tmp_path):
+    """`benchmarks.hybrid --quick` on MLPerf ResNet-8 only: every variant row, the budgets, Fig. 4 / Fig. 5 files."""
+    assert (ZOO / "mlperf_tiny").is_dir(), f"shared model zoo missing at {ZOO}; set RETROQ_ZOO"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.hybrid", "--quick", "--models=ic_resnet8",
+                           "--eval_limit=200", "--naive_models=", f"--zoo_dir={ZOO}", f"--out={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "hybrid_quick.json").read_text())
+    rows = {(r["weights"], r["scheme"]): r for r in doc["rows"]}
+    for w in ("W8A8", "W4A8"):
+        assert rows[(w, "per-tensor")]["per_channel_layers"] == "0/10"
+        assert rows[(w, "per-channel")]["per_channel_layers"] == "10/10"
+        assert rows[(w, "hybrid budget 10% (N=1)")]["n_per_channel"] <= 1
+        assert rows[(w, "hybrid budget 25% (N=2)")]["n_per_channel"] <= 2
+        assert rows[(w, "hybrid Th=0")]["speedup"] > 0
+    assert {r["source"] for r in doc["fidelity"]} == {"real", "gaussian", "zeroq", "retro"}
+    assert [round(r["rho_difference"], 9) for r in doc["fidelity"] if r["source"] == "real"] == [1.0]
+    for name in ("hybrid_ic_resnet8_w8.png", "hybrid_ic_resnet8_w4.png", "hybrid_ic_resnet8_fidelity.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert "## Gap recovered" in (tmp_path / "hybrid_quick.md").read_text()

@@ -93,3 +93,16 @@ def test_nonuniform_notebook_runs(tmp_path, monkeypatch):
     assert "LiteRT: The model is LUT-packed" in text and "TFLite Micro only" in text
     assert "centre" in text and "packed True" in text
     assert images >= 1, "expected the weight histogram with its levels"
+
+
+def test_hybrid_notebook_runs(tmp_path, monkeypatch):
+    text, images, work = _execute("02_hybrid.ipynb", tmp_path, monkeypatch)
+    m = re.search(r"W4: (\d+) layers in [\d.]+ s, ([\d.]+)x faster than 2L full passes", text)
+    assert m and int(m.group(1)) == 4, text  # the digits CNN: 3 convs + 1 dense
+    for row in ("per-tensor                 W8A8     0/4", "per-channel                W4A8     4/4",
+                "hybrid budget 2            W4A8", "hybrid Th=0, FC per-tensor W4A8"):
+        assert row in text, f"missing table row {row!r} in:\n{text}"
+    m = re.search(r"hybrid Th=0 output identical to per-channel: (\w+) \((\d+) of 4 layers per-channel\)", text)
+    assert m and (m.group(1) == "True") == (m.group(2) == "4"), text
+    assert images >= 2, "expected the W8 and W4 sensitivity plots"
+    assert (work / "digits_hybrid_w4.tflite").is_file()

@@ -12,7 +12,6 @@ from tflite_retroq.errors import ConfigError, DataError, TFLiteModelError
 from tflite_retroq.hybrid import match_layers
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.per_channel import per_channel_ops, to_per_channel
-from tflite_retroq.tflite.weight_bits import limit_weight_bits
 
 from test_sensitivity import build_residual_model, H, W, C
 
@@ -158,3 +157,39 @@ def test_hybrid_option_errors(model, images, calibrated):
         rq.quantize_calibrated(calibrated, "hybrid")
     with pytest.raises(DataError):
         rq.convert(model, lambda: iter([[images[:1]]]), scheme="hybrid", calibrated=calibrated)
+
+
+def test_depth_multiplier_layer_is_bit_exact_and_matched():
+    import keras
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((H, W, C))
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw2")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(4, name="fc")(x)
+    m = keras.Model(inp, out)
+    bn = m.get_layer("bn")
+    bn.gamma.assign(np.geomspace(0.05, 3.0, 6).astype(np.float32))  # uneven channels after folding
+    x = np.random.default_rng(2).normal(0, 1, (16, H, W, C)).astype(np.float32)
+    cal = rq.calibrate(m, x)
+    pt, pc = rq.quantize_calibrated(cal, "per-tensor"), rq.quantize_calibrated(cal, "per-channel")
+    assert list(match_layers(m, cal)) == ["dw2", "fc"]
+    got, want = _tensors(to_per_channel(pt, cal, [0])), _tensors(pc)
+    assert _same(got[0], want[0]) and got[0][3] == 3 and len(got[0][1]) == 6
+    plan = rq.HybridPlan(config=rq.HybridConfig(), per_channel=("dw2",),
+                         decisions=(("dw2", "DEPTHWISE_CONV_2D", "per-channel", 1.0),
+                                    ("fc", "FULLY_CONNECTED", "per-tensor", 0.0)))
+    hyb = rq.convert(m, x, scheme="hybrid", plan=plan, calibrated=cal)
+    assert _same(_tensors(hyb)[0], want[0]) and per_channel_ops(hyb) == [0]
+
+
+def test_hybrid_composes_with_nonuniform(model, images, calibrated):
+    """Each layer of a non-uniform hybrid equals the non-uniform per-channel or per-tensor model's layer."""
+    kw = dict(weight_bits=4, nonuniform=True, calibrated=calibrated)
+    hyb = rq.convert(model, images, scheme="hybrid", plan=_plan(["dw", "fc"]), **kw)
+    pt, pc = _tensors(rq.convert(model, images, scheme="per-tensor", **kw)), _tensors(
+        rq.convert(model, images, scheme="per-channel", **kw))
+    got = _tensors(hyb)
+    for i, name in enumerate(["c0", "dw", "pw", "fc"]):
+        assert _same(got[i], pc[i] if name in ("dw", "fc") else pt[i]), name

@@ -27,3 +27,13 @@ def test_api_prints_nothing():
     assert proc.stdout == ""
     after = proc.stderr.split("=MARK=\n", 1)[1]
     assert after == "", after[-2000:]
+
+
+def test_hybrid_api_prints_nothing():
+    code = _CODE.replace("q = rq.convert(model, data)", "q = rq.convert(model, data, scheme='hybrid', max_per_channel=1)\n"
+                         "s = rq.analyze_sensitivity(model, data, weight_bits=4)")
+    assert code != _CODE
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "" and proc.stderr.split("=MARK=\n", 1)[1] == ""

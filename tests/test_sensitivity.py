@@ -261,3 +261,44 @@ def test_fidelity_ranks_sources_against_the_reference():
     assert rho["gaussian"]["difference"] == pytest.approx(spearman([0.5, 0.1, 0.3, 0.0], [0.0, 0.5, 0.1, 0.3]))
     with pytest.raises(ConfigError):
         fidelity({"retro": good})
+
+
+def test_sequential_and_depth_multiplier_match_brute_force(sequential_model, normal_images):
+    import keras
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((H, W, C))
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw2")(inp)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(K, name="fc")(x)
+    mult = keras.Model(inp, out)
+    k = mult.get_layer("dw2").kernel
+    k.assign(k.numpy() * np.geomspace(0.05, 3.0, 6).reshape(3, 2).astype(np.float32))  # per (in, mult) channel
+    images = np.random.default_rng(4).normal(0, 1, (10, H, W, C)).astype(np.float32)
+    for model, x in ((mult, images), (sequential_model, normal_images)):
+        res = rq.analyze_sensitivity(model, x, weight_bits=4)
+        want = _brute_force(model, x, 4)
+        assert set(res.names) == set(want)
+        for l in res.layers:
+            assert [l.kl_per_tensor, l.kl_per_channel] == pytest.approx(want[l.name], rel=2e-3, abs=1e-9), l.name
+    assert res.layers[0].channels == 5
+
+
+def test_shared_layer_called_twice_matches_brute_force():
+    """A layer used at two places: its quantized kernel must act at both (the unstacked path)."""
+    import keras
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((H, W, C))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c0")(inp)
+    shared = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="shared")
+    x = shared(shared(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(K, name="fc")(x))
+    k = shared.kernel
+    k.assign(k.numpy() * np.geomspace(0.05, 3.0, 4).astype(np.float32))
+    images = np.random.default_rng(5).normal(0, 1, (10, H, W, C)).astype(np.float32)
+    res = rq.analyze_sensitivity(model, images, weight_bits=4)
+    want = _brute_force(model, images, 4)
+    assert res.names == ["c0", "shared", "fc"]
+    for l in res.layers:
+        assert [l.kl_per_tensor, l.kl_per_channel] == pytest.approx(want[l.name], rel=2e-3, abs=1e-9), l.name

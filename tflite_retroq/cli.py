@@ -20,7 +20,6 @@ from tflite_retroq.io_utils import native_logs_silenced
 
 _DEFAULTS = SynthesisConfig()
 _MODES = [m.value for m in SynthesisMode]
-_NOT_YET = "is not implemented yet in this version; use --scheme per-channel or per-tensor"
 
 USAGE = f"""retroq: data-free full-integer int8 TFLite quantization of Keras image classifiers.
 
@@ -29,15 +28,17 @@ usage:
                     [--batch-size N] [--iterations N] [--seed S] [input flags] [--quiet]
   retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
-                    [--scheme per-channel|per-tensor] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
+                    [--scheme per-channel|per-tensor|hybrid [--threshold TH] [--max-per-channel N]
+                    [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
                     [--io int8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
-  retroq analyze    MODEL.keras [--data-file DATA.npz] -o DIR      (not implemented yet)
+  retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
+                    [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [synthesis and input flags]
   retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
 
 commands:
   synthesize   synthesize calibration images from the model itself and save them (.npz)
   convert      synthesize (or load) calibration data and write a full-integer int8 .tflite
-  analyze      per-layer per-channel vs per-tensor sensitivity (not implemented yet)
+  analyze      per-layer per-tensor vs per-channel sensitivity (KL), the hybrid plan, a plot
   inspect      per-tensor quantization table, weight layers, op counts and size of a .tflite
 
 synthesis flags (synthesize, and convert without --data-file):
@@ -63,7 +64,13 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
 convert flags:
   -o, --output PATH     the .tflite to write (atomically)
   --data-file PATH      calibrate with a dataset from `retroq synthesize` instead
-  --scheme S            per-channel (default) or per-tensor weights
+  --scheme S            per-channel (default), per-tensor, or hybrid: per-tensor except the layers
+                        whose sensitivity says per-channel pays (KL_PT - KL_PC > TH on the
+                        calibration images)
+  --threshold TH        hybrid: the rule's threshold (default 0: accuracy first; larger: fewer
+                        per-channel layers)
+  --max-per-channel N   hybrid: at most N per-channel layers, the most sensitive first
+  --fc-per-tensor       hybrid: keep FULLY_CONNECTED layers per-tensor (Hexagon, Vela need it)
   --weight-bits B       8 (default), 6 or 4: weights limited to +-(2^(B-1)-1), int8 tensors
   --nonuniform          2^B non-uniform levels per weight tensor (per channel with
                         --scheme per-channel) from IQR clusters, snapped onto the int8 grid
@@ -71,10 +78,15 @@ convert flags:
                         LUT compression): the file shrinks but runs on TFLite Micro ONLY,
                         not on LiteRT
   --io T                int8 (default) or float model inputs/outputs
-  --report PATH         also write a JSON report (config, input space, synthesis, layers)
+  --report PATH         also write a JSON report (config, input space, synthesis, layers, hybrid plan)
   --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
                         SHAPE/STRIDED_SLICE/PACK ops around Flatten/Reshape
-  (--scheme hybrid, --threshold and --max-per-channel are not implemented yet)
+
+analyze flags:
+  -o DIR                writes DIR/sensitivity.json, .md and .png (DIR is created if missing)
+  --data-file PATH      measure on a dataset from `retroq synthesize` (default: synthesize retro data)
+  --weight-bits B       the weight grid to measure at (8, 6 or 4)
+  --threshold, --max-per-channel, --fc-per-tensor: the plan shown (default Th=0)
 
 inspect flags:
   --json                print the inspection as JSON instead of a table
@@ -100,9 +112,10 @@ flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {_DEFAU
 flags.DEFINE_float("time-budget", None, f"Synthesis seconds (default {_DEFAULTS.time_budget:g}; 0 = no limit).")
 flags.DEFINE_integer("seed", None, f"Random seed (default {_DEFAULTS.seed}).")
 flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid"],
-                  "convert: weight quantization scheme (hybrid is not implemented yet).")
-flags.DEFINE_float("threshold", None, "convert --scheme hybrid: sensitivity threshold (not implemented yet).")
-flags.DEFINE_integer("max-per-channel", None, "convert --scheme hybrid: layer budget (not implemented yet).")
+                  "convert: weight quantization scheme.")
+flags.DEFINE_float("threshold", None, "hybrid: per-channel iff KL_PT - KL_PC > TH (default 0).")
+flags.DEFINE_integer("max-per-channel", None, "hybrid: at most N per-channel layers, most sensitive first.")
+flags.DEFINE_boolean("fc-per-tensor", False, "hybrid: keep FULLY_CONNECTED layers per-tensor.")
 flags.DEFINE_integer("weight-bits", 8, "convert: weight bits, 8, 6 or 4.")
 flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) weight levels.")
 flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
@@ -137,9 +150,10 @@ _SYNTH = ("images", "samples", "batch-size", "iterations", "time-budget", "seed"
 _INPUT = ("input-mean", "input-std", "input-range")
 _ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *_SYNTH, *_INPUT},
-    "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "weight-bits",
-                "nonuniform", "pack", "io", "report", "quiet", "static-batch", *_SYNTH, *_INPUT},
-    "analyze": {"output", "data-file", "quiet"},
+    "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "fc-per-tensor",
+                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", *_SYNTH, *_INPUT},
+    "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
+                "quiet", *_SYNTH, *_INPUT},
     "inspect": {"json", "target"},
 }
 _OWN = sorted(set().union(*_ALLOWED.values()))
@@ -280,11 +294,7 @@ def cmd_synthesize(args: Sequence[str]) -> int:
 
 def cmd_convert(args: Sequence[str]) -> int:
     model_path = _positional("convert", args, "a Keras model file (MODEL.keras)")
-    if _flag("scheme") == "hybrid":
-        raise ConfigError(f"--scheme hybrid {_NOT_YET}.")
-    for name in ("threshold", "max-per-channel"):
-        if _present(name):
-            raise ConfigError(f"--{name} (hybrid scheme) {_NOT_YET}.")
+    hcfg = _hybrid_config(_flag("scheme") == "hybrid")
     data_file = _flag("data-file")
     if data_file is not None:
         if _present("data"):
@@ -320,10 +330,16 @@ def cmd_convert(args: Sequence[str]) -> int:
     t1 = time.perf_counter()
     from tflite_retroq.converter import calibrate
     calibrated, logit_range = calibrate(model, dataset, return_info=True, batch_size=static_batch)
+    plan, sens = None, None
+    if hcfg is not None:
+        from tflite_retroq.hybrid import plan_for
+        t2 = time.perf_counter()
+        plan, sens = plan_for(model, dataset, hcfg, qcfg.weight_bits, progress=not _flag("quiet"))
+        seconds["sensitivity"] = time.perf_counter() - t2
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
                      calibrated=calibrated, batch_size=static_batch, nonuniform=_flag("nonuniform"),
-                     pack=_flag("pack"))
-    seconds["conversion"] = time.perf_counter() - t1
+                     pack=_flag("pack"), plan=plan)
+    seconds["conversion"] = time.perf_counter() - t1 - seconds.get("sensitivity", 0.0)
     seconds["total"] = time.perf_counter() - t0
 
     from tflite_retroq.io_utils import atomic_path, write_bytes
@@ -337,13 +353,13 @@ def cmd_convert(args: Sequence[str]) -> int:
                          logit_range=logit_range.to_dict() if logit_range is not None else None)
         source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
                   else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
-        text = to_json(convert_report(
+        text = to_json(dict(convert_report(
             model_path=model_path, output_path=output, data_source=source,
             quantization=dict(qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
                               **({"nonuniform": True} if _flag("nonuniform") else {}),
                               **({"pack": _flag("pack")} if _flag("pack") else {})),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
-            inspection=inspect_model(tflite), version=__version__))
+            inspection=inspect_model(tflite), version=__version__), **_hybrid_report(plan, sens)))
         # Both files are fully written to temporaries before either is renamed into place.
         with atomic_path(output) as tmp_out, atomic_path(report_path) as tmp_rep:
             with open(tmp_out, "wb") as f:
@@ -361,16 +377,80 @@ def cmd_convert(args: Sequence[str]) -> int:
              "than real ones)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
     kind = f"{'non-uniform ' if _flag('nonuniform') else ''}W{qcfg.weight_bits}"
-    _say(f"wrote {output}: {len(tflite)} bytes ({qcfg.scheme.value}, {kind}, {qcfg.io.value} I/O, "
+    scheme = qcfg.scheme.value if plan is None else f"hybrid: {len(plan.per_channel)}/{plan.num_layers} per-channel"
+    _say(f"wrote {output}: {len(tflite)} bytes ({scheme}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
          + (f"; report {report_path}" if report_path else "")
          + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if _flag("pack") else ""))
     return 0
 
 
+# ----------------------------------------------------------------------------- hybrid / analyze
+
+def _hybrid_config(enabled: bool):
+    """HybridConfig from --threshold / --max-per-channel / --fc-per-tensor (refused without hybrid)."""
+    from tflite_retroq.config import HybridConfig
+    given = [n for n in ("threshold", "max-per-channel", "fc-per-tensor") if _present(n)]
+    if not enabled:
+        if given:
+            raise ConfigError(f"--{given[0]} only applies to --scheme hybrid.")
+        return None
+    try:
+        return HybridConfig(threshold=0.0 if _flag("threshold") is None else _flag("threshold"),
+                            max_per_channel=_flag("max-per-channel"),
+                            fully_connected_per_tensor=bool(_flag("fc-per-tensor")))
+    except ConfigError as e:
+        msg = str(e).replace("max_per_channel=", "--max-per-channel ").replace("threshold=", "--threshold ")
+        raise ConfigError(msg) from None
+
+
+def _hybrid_report(plan, sens) -> dict:
+    return {} if plan is None else {"hybrid": {"plan": plan.to_dict(), "sensitivity": sens.to_dict()}}
+
+
 def cmd_analyze(args: Sequence[str]) -> int:
-    raise ConfigError("`retroq analyze` (per-layer sensitivity) is not implemented yet in this version; "
-                      "use `retroq convert --scheme per-channel` or `--scheme per-tensor`.")
+    model_path = _positional("analyze", args, "a Keras model file (MODEL.keras)")
+    out_dir = _require_output("analyze", "DIR")
+    data_file = _flag("data-file")
+    if data_file is not None:
+        for name in ("data", *_SYNTH, *_INPUT):
+            if _present(name):
+                raise ConfigError(f"--{name} configures synthesis and conflicts with --data-file; drop one of them.")
+    bits = _flag("weight-bits")
+    if bits not in (8, 6, 4):
+        raise ConfigError(f"--weight-bits {bits} is not supported; choose 8, 6 or 4.")
+    hcfg = _hybrid_config(True)
+    scfg = _synthesis_config(_flag("data") or _DEFAULTS.mode.value) if data_file is None else None
+    spec = _input_spec()
+    _check_model_file(model_path)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"-o {out_dir!r} is a file; `retroq analyze` writes into a directory.")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out_dir))):
+        raise ConfigError(f"-o {out_dir!r}: its parent directory does not exist; create it first.")
+
+    from tflite_retroq.dataset import SyntheticDataset
+    dataset = SyntheticDataset.load(data_file) if data_file is not None else None
+    model = _load_model(model_path)
+    t0 = time.perf_counter()
+    if dataset is None:
+        from tflite_retroq.synthesis import synthesize
+        dataset = synthesize(model, scfg, input_spec=spec, progress=not _flag("quiet"))
+    from tflite_retroq.sensitivity import analyze_sensitivity
+    result = analyze_sensitivity(model, dataset, weight_bits=bits, progress=not _flag("quiet"))
+    plan = result.select(hcfg)
+    from tflite_retroq import __version__
+    from tflite_retroq.sensitivity_report import analysis_document, write_analysis
+    source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
+              else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
+    doc = analysis_document(result, plan, model_path=model_path, data_source=source, version=__version__)
+    paths = write_analysis(out_dir, result, plan, doc, title=f"Per-layer sensitivity: {os.path.basename(model_path)}")
+    top = sorted(result.layers, key=lambda l: -l.difference)[:3]
+    _say(f"analyzed {len(result.layers)} layers on {result.num_images} {result.data_source} images (W{bits}) in "
+         f"{result.seconds:.1f} s ({result.speedup:.1f}x faster than 2L full passes); "
+         f"{len(plan.per_channel)} per-channel at Th={hcfg.threshold:g}; most sensitive: "
+         + ", ".join(f"{l.name} ({l.difference:.3g})" for l in top) + f" (total {time.perf_counter() - t0:.1f} s)")
+    _say("wrote " + ", ".join(paths))
+    return 0
 
 
 def cmd_inspect(args: Sequence[str]) -> int:

@@ -9,7 +9,7 @@ name contains the layer name, then graph order; with no value match, the name de
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 

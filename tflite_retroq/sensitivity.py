@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -254,10 +253,13 @@ class _Executor:
                 dirty.update(id(t) for t in node.outputs)
         return out
 
-    def rerun(self, cache, nodes, copies: int):
-        """Output with `nodes` recomputed on `copies` stacked batches (cached inputs tiled)."""
+    def rerun(self, cache, nodes, copies: int, over: Optional[Dict[int, object]] = None):
+        """Output with `nodes` recomputed on `copies` stacked batches (cached inputs tiled).
+
+        `over` holds tensors already recomputed (stacked), e.g. the quantized layer's output.
+        """
         import tensorflow as tf
-        over: Dict[int, object] = {}
+        over = dict(over or {})
         tiled: Dict[int, object] = {}
 
         def get(kt_id):
@@ -421,28 +423,7 @@ def _run_quantized(ex: _Executor, cache, nodes, var, kernels: Sequence[np.ndarra
             ys.append(ex.rerun(cache, nodes, 1))
         return tf.concat(ys, 0) if len(ys) > 1 else ys[0]
     over = {id(first.outputs[0]): tf.concat(outs, 0) if len(outs) > 1 else outs[0]}
-    return _rerun_with(ex, cache, over, rest, copies)
-
-
-def _rerun_with(ex: _Executor, cache, over, nodes, copies: int):
-    import tensorflow as tf
-    tiled: Dict[int, object] = {}
-
-    def get(kt_id):
-        if kt_id in over:
-            return over[kt_id]
-        if kt_id not in tiled:
-            v = cache[kt_id]
-            tiled[kt_id] = tf.concat([v] * copies, 0) if copies > 1 else v
-        return tiled[kt_id]
-
-    for node in nodes:
-        view = {id(t): get(id(t)) for t in node.input_tensors}
-        args, kwargs = node.arguments.fill_in(view)
-        outs = node.operation(*args, **kwargs)
-        for kt, y in zip(node.outputs, _flatten(outs)):
-            over[id(kt)] = y
-    return get(id(ex.output))
+    return ex.rerun(cache, rest, copies, over)
 
 
 class _Progress:
