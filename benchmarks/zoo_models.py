@@ -35,6 +35,7 @@ flags.DEFINE_string("out", common.DEFAULT_OUT, "Results directory.")
 flags.DEFINE_list("models", None, "Subset of models (default: all).")
 flags.DEFINE_bool("quick", False, "Two small models, small budgets, few images (a smoke run, not results).")
 flags.DEFINE_integer("eval_limit", None, "Evenly spaced subset of the evaluation images.")
+flags.DEFINE_string("name", None, "Result file name (default zoo_models, or zoo_models_quick).")
 
 
 class Case:
@@ -165,7 +166,7 @@ def main(argv):
         "given the same inferred input space; with no input flags the previous version assumed N(0, 1) on ResNet-8 "
         "and gave 10.5 % top-1 (issue 10). `retro, no logit widening` isolates the logits-range pass. synthesis_s "
         "includes compilation; the machine was shared, timings are rough.")
-    common.write_results(FLAGS.out, "zoo_models_quick" if FLAGS.quick else "zoo_models",
+    common.write_results(FLAGS.out, FLAGS.name or ("zoo_models_quick" if FLAGS.quick else "zoo_models"),
                          "Calibration sources on every model we have (W8A8 per-channel, no input flags)", rows,
                          ["model", "source", "top1", "agreement", "sqnr_db", "images", "iterations", "synthesis_s",
                           "input_space"],
