@@ -243,3 +243,15 @@ def lut_calibrated(lut_model):
     data = rq.synthesize(lut_model, rq.SynthesisConfig(mode="retro", samples_per_class=4, iterations=20, seed=3),
                          progress=False)
     return rq.calibrate(lut_model, data), data
+
+
+def retroq_command():
+    """The `retroq` console script of this interpreter's environment (or `python -m tflite_retroq.cli`)."""
+    import shutil
+    import sys
+    from pathlib import Path
+    exe = Path(sys.executable).with_name("retroq")
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("retroq")
+    return [found] if found else [sys.executable, "-m", "tflite_retroq.cli"]

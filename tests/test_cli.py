@@ -7,7 +7,6 @@ exit code 2, exactly one stderr line `retroq: error: ...`, no output file and no
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,11 +21,8 @@ TIMEOUT = 180
 
 
 def _cli():
-    exe = Path(sys.executable).with_name("retroq")
-    if exe.is_file():
-        return [str(exe)]
-    found = shutil.which("retroq")
-    return [found] if found else [sys.executable, "-m", "tflite_retroq.cli"]
+    from conftest import retroq_command
+    return retroq_command()
 
 
 CLI = _cli()

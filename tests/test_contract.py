@@ -36,11 +36,8 @@ TIMEOUT = 120  # a FIFO read that blocks shows up as a timeout, not a hung suite
 
 
 def _cli():
-    exe = Path(sys.executable).with_name("retroq")
-    if exe.is_file():
-        return [str(exe)]
-    found = shutil.which("retroq")
-    return [found] if found else [sys.executable, "-m", "tflite_retroq.cli"]
+    from conftest import retroq_command
+    return retroq_command()
 
 
 CLI = _cli()

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -237,11 +236,8 @@ def test_fold_dense_batchnorm_and_scale_center_false(normal_images):
 # ----------------------------------------------------------------------------- CLI: --data, --quiet
 
 def _cli():
-    exe = Path(sys.executable).with_name("retroq")
-    if exe.is_file():
-        return [str(exe)]
-    found = shutil.which("retroq")
-    return [found] if found else [sys.executable, "-m", "tflite_retroq.cli"]
+    from conftest import retroq_command
+    return retroq_command()
 
 
 def _run(args):
