@@ -58,14 +58,17 @@ def test_widened_logit_range_matches_keras_features(fixture, request, calib_data
         assert out_name != info.tensor and _range_of(widened, out_name) == _range_of(plain, out_name)
 
 
-def test_auto_widens_synthetic_data_on_batchnorm_models_only(bn_model, calib_data, nobn_model):
+def test_auto_widens_unconfident_synthetic_data_only(bn_model, calib_data, nobn_model):
     real = rq.SyntheticDataset.from_images(calib_data.images)
     _, info_real = rq.calibrate(bn_model, real, return_info=True)
     _, info_syn = rq.calibrate(bn_model, calib_data, return_info=True)
     assert info_real is None and info_syn is not None
     nobn_data = rq.synthesize(nobn_model, rq.SynthesisConfig(images=8, iterations=2),
                               input_spec=rq.InputSpec(value_range=(-3.0, 3.0)), progress=False)
-    assert rq.calibrate(nobn_model, nobn_data, return_info=True)[1] is None
+    assert rq.calibrate(nobn_model, nobn_data, return_info=True)[1] is None  # retro, no BN: confident already
+    gauss = rq.synthesize(nobn_model, rq.SynthesisConfig(mode="gaussian", images=8),
+                          input_spec=rq.InputSpec(value_range=(-3.0, 3.0)), progress=False)
+    assert rq.calibrate(nobn_model, gauss, return_info=True)[1] is not None
     assert rq.calibrate(nobn_model, nobn_data, logit_range="reachable", return_info=True)[1] is not None
     with pytest.raises(rq.ConfigError, match="logit_range"):
         rq.calibrate(bn_model, calib_data, logit_range="wide")

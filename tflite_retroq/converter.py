@@ -63,7 +63,7 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     `logit_range`: "reachable" widens the logits' range to what the classifier can reach over
     the feature ranges seen in `data` (synthetic images are never as confident as real ones,
     so min/max clips the deciding logit; see tflite/ranges.py); "calibrated" keeps min/max;
-    "auto" widens for synthetic datasets on models with BatchNorm. With return_info, returns (bytes, LogitRange|None).
+    "auto" widens for synthetic data, except retro data of a model without BatchNorm. With return_info, returns (bytes, LogitRange|None).
     `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
     """
     import tensorflow as tf
@@ -92,10 +92,12 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
                                    "images.") from None
         raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {_converter_reason(e)}); "
                           "the model may use an operator TFLite cannot convert.") from None
-    # BatchNorm matching is what holds synthetic features at average levels (measured: widening gains 0.1-5 dB on
-    # every BN model of benchmarks/zoo_models, and costs 5.5 dB on the BN-free CNN, whose class-driven images are
-    # confident already), so "auto" widens for synthetic data on models with BatchNorm.
-    synthetic = (isinstance(data, SyntheticDataset) and data.mode not in ("real", "unknown") and info.num_bn > 0)
+    # Synthetic images are unconfident when nothing pushes them to confidence (gaussian, zeroq) or when BatchNorm
+    # matching holds their features at average levels (retro on a BN model). Retro on a BN-free model is driven by
+    # the class loss alone and is confident already. Measured (benchmarks/zoo_models*): widening gains 0.1-5 dB on
+    # every BN model and 19 dB for gaussian on the BN-free CNN, and costs retro 5.5 dB there.
+    synthetic = isinstance(data, SyntheticDataset) and data.mode not in ("real", "unknown")
+    synthetic = synthetic and (info.num_bn > 0 or data.mode != "retro")
     widened = None
     if logit_range == "reachable" or (logit_range == "auto" and synthetic):
         images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)
