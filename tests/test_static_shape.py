@@ -101,8 +101,11 @@ def test_batch_of_two_pads_the_last_batch(flat_model, flat_data, flat_images):
     assert _input_signature(static2)[0] == 2 and not SHAPE_OPS & _ops(static2)
     dynamic = rq.convert(flat_model, flat_data)
     # 13 images in batches of 2: the last one padded; both models were calibrated in batches of 2 vs 1,
-    # and min/max over the same images does not depend on the grouping.
-    np.testing.assert_array_equal(rq.run_tflite(static2, flat_images), rq.run_tflite(dynamic, flat_images))
+    # and min/max over the same images does not depend on the grouping. The logits-range pass reads float
+    # features computed at batch 2 vs 64, which can differ in the last float bit: the output scales then differ
+    # by ~1e-7 relative, the int8 outputs not at all.
+    np.testing.assert_allclose(rq.run_tflite(static2, flat_images), rq.run_tflite(dynamic, flat_images),
+                               rtol=1e-6, atol=1e-7)
     res = rq.evaluate(static2, flat_images, np.zeros(len(flat_images), np.int64), reference=flat_model)
     assert res.n == len(flat_images) and res.agreement is not None
 
