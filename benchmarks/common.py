@@ -169,3 +169,30 @@ def write_results(out_dir: str, name: str, title: str, rows: List[Dict], columns
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- rates
+def bare_rate(tf, model, batch: int, steps: int, fn_cache: dict) -> float:
+    """Image-iterations/s of a compiled forward+backward w.r.t. the input (the bound)."""
+    import numpy as np
+    key = (id(model), batch)
+    if key not in fn_cache:
+        shape = (batch,) + tuple(int(d) for d in model.inputs[0].shape[1:])
+        z = tf.Variable(np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32))
+
+        @tf.function(jit_compile=True)
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                loss = tf.reduce_sum(tf.square(model(z, training=False)))
+            g = tape.gradient(loss, z)
+            z.assign_sub(1e-6 * g)  # consume the gradient, like the Adam update does
+            return loss
+
+        float(step())  # compile
+        fn_cache[key] = step
+    step = fn_cache[key]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        float(step())  # host sync per step, as synthesis does
+    return batch * steps / (time.perf_counter() - t0)

@@ -81,7 +81,7 @@ def _convert_row(name, model, tmp: Path):
 def _rate_rows(name, model, batch: int):
     import tensorflow as tf
     import tflite_retroq as rq
-    from benchmarks.throughput import bare_rate
+    from benchmarks.common import bare_rate
     cache: dict = {}
     synth, bare = [], []
     for _ in range(FLAGS.repeats):

@@ -16,6 +16,7 @@ import time
 from absl import app, flags
 
 from benchmarks import common
+from benchmarks.common import bare_rate  # noqa: F401  (shared with benchmarks.scale)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("zoo_dir", common.DEFAULT_ZOO, "Shared model zoo directory.")
@@ -26,32 +27,6 @@ flags.DEFINE_integer("repeats", 2, "A/B pairs per model.")
 flags.DEFINE_integer("samples_per_class", None, "Batch = 10 x this (default: the SynthesisConfig default).")
 flags.DEFINE_bool("profile", False, "Also time C: the bare step plus the BN-statistics loss (no Adam, no class "
                   "loss), to split the synthesis overhead into BN-statistics terms vs the rest.")
-
-
-def bare_rate(tf, model, batch: int, steps: int, fn_cache: dict) -> float:
-    """Image-iterations/s of a compiled forward+backward w.r.t. the input (the bound)."""
-    import numpy as np
-    key = (id(model), batch)
-    if key not in fn_cache:
-        shape = (batch,) + tuple(int(d) for d in model.inputs[0].shape[1:])
-        z = tf.Variable(np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32))
-
-        @tf.function(jit_compile=True)
-        def step():
-            with tf.GradientTape() as tape:
-                tape.watch(z)
-                loss = tf.reduce_sum(tf.square(model(z, training=False)))
-            g = tape.gradient(loss, z)
-            z.assign_sub(1e-6 * g)  # consume the gradient, like the Adam update does
-            return loss
-
-        float(step())  # compile
-        fn_cache[key] = step
-    step = fn_cache[key]
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        float(step())  # host sync per step, as synthesis does
-    return batch * steps / (time.perf_counter() - t0)
 
 
 def bn_loss_rate(tf, model, batch: int, steps: int, fn_cache: dict) -> float:
