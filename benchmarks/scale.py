@@ -19,7 +19,6 @@ Three questions, each measured in this one run (the machine is shared: read rati
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile

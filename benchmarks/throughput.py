@@ -16,7 +16,7 @@ import time
 from absl import app, flags
 
 from benchmarks import common
-from benchmarks.common import bare_rate  # noqa: F401  (shared with benchmarks.scale)
+from benchmarks.common import bare_rate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("zoo_dir", common.DEFAULT_ZOO, "Shared model zoo directory.")

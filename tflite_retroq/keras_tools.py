@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import os
 import types
-import warnings
 import zipfile
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -369,8 +368,8 @@ _CONVENTIONS = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0), (-128.0, 127.0))
 
 def _first_bn_response(model, x: np.ndarray):
     """(BN layer, mean [N, C_out], values [N, pixels, C_out]) of the first BatchNorm's input."""
-    with bn_taps(model) as taps, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from tflite_retroq.io_utils import library_quiet
+    with bn_taps(model) as taps, library_quiet():
         model(x, training=False)
         if not taps:
             return None

@@ -9,7 +9,6 @@ it on a GPU when it sees one.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 import warnings
