@@ -18,5 +18,5 @@ setup(
         "targets": ["ethos-u-vela", "tflite-micro"],
         "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel", "ethos-u-vela", "tflite-micro"],
     },
-    entry_points={"console_scripts": ["retroq=tflite_retroq.cli:run"]},
+    entry_points={"console_scripts": ["retroq=tflite_retroq.cli.main:run"]},
 )

@@ -55,8 +55,8 @@ def _evaluate(tfl, x, test_y, is_test, ref, labels_meaningful) -> Dict:
 def run_model(key: str, rows: List[Dict], fidelity_rows: List[Dict], cost_rows: List[Dict], plots: List[str]):
     import tflite_retroq as rq
     from tflite_retroq.evaluate import keras_outputs
-    from tflite_retroq.sensitivity import fidelity
-    from tflite_retroq.sensitivity_report import plot_fidelity, plot_sensitivity
+    from tflite_retroq.methods.plan import fidelity
+    from tflite_retroq.reports.sensitivity import plot_fidelity, plot_sensitivity
     case = zoo_models.CASES[key]
     common.log(f"{case.name}: loading")
     model, x, test_y, is_test, real = case.load()

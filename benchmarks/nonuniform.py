@@ -46,7 +46,7 @@ VARIANTS = [("uniform", "per-tensor"), ("uniform", "per-channel"), ("non-uniform
 def kmeans_quantize(w: np.ndarray, bits: int, axis: Optional[int] = None):
     """The baseline: 1-D k-means (scikit-learn) with 2^bits centres per tensor, as a NonUniformResult."""
     from sklearn.cluster import KMeans
-    from tflite_retroq import nonuniform as nu
+    from tflite_retroq.quant import nonuniform as nu
     if axis is not None:
         raise ValueError("the k-means baseline is per-tensor")
     x = np.asarray(w, np.float64).reshape(-1, 1)
@@ -175,8 +175,8 @@ def run_model(key: str, data: "common.EvalData", bits_list: List[int], rows: Lis
 
 
 def _plots(key, name, fw, per_layer, bits_list) -> List[str]:
-    from tflite_retroq import nonuniform as nu
-    from tflite_retroq.plots import _plt, plot_weight_levels
+    from tflite_retroq.quant import nonuniform as nu
+    from tflite_retroq.reports.plots import _plt, plot_weight_levels
     from tflite_retroq.tflite.weight_bits import symmetric_quantize
     from tflite_retroq.io_utils import write_with
     out = []

@@ -149,7 +149,7 @@ def load(name: str, limit: Optional[int]):
 
 # --------------------------------------------------------------------------- measurements
 def vela_columns(tfl: bytes) -> Dict:
-    from tflite_retroq.targets import vela_estimate
+    from tflite_retroq.targets.vela import vela_estimate
     from tflite_retroq.errors import TargetError
     cols, full = {}, {}
     for acc in ETHOS:
@@ -175,7 +175,7 @@ def tflm_columns(tfl: bytes, images: np.ndarray, litert: Optional[bytes]) -> Dic
     """Arena and outputs on TFLM, against LiteRT's reference kernels on `litert` (the model or its twin):
     the largest difference in output quantization steps (0: bit-identical) and top-1 agreement."""
     import tflite_retroq as rq
-    from tflite_retroq.targets import tflm_run
+    from tflite_retroq.targets.tflm import tflm_run
     from tflite_retroq.errors import TargetError
     try:
         r = tflm_run(tfl, images)
@@ -196,7 +196,7 @@ def tflm_columns(tfl: bytes, images: np.ndarray, litert: Optional[bytes]) -> Dic
 def static_vs_dynamic(model, data, static_pc: bytes) -> Dict:
     import tflite_retroq as rq
     from tflite_retroq.static_shape import SHAPE_OPS
-    from tflite_retroq.targets import vela_estimate
+    from tflite_retroq.targets.vela import vela_estimate
     from tflite_retroq.tflite.inspect import inspect_model
     dynamic = rq.convert(model, data)
     out = {}
@@ -210,7 +210,7 @@ def static_vs_dynamic(model, data, static_pc: bytes) -> Dict:
 
 def run_model(key: str, quick: bool) -> Dict:
     import tflite_retroq as rq
-    from tflite_retroq.targets import RESOLVERS, litert_latencies
+    from tflite_retroq.targets.litert import RESOLVERS, litert_latencies
     from tflite_retroq.tflite import model as tfm
     name = MODEL_NAMES[key]
     limit = 200 if quick else FLAGS.eval_images
@@ -360,7 +360,7 @@ def static_table(static: Dict) -> str:
 
 def write(result: Dict, started: float) -> None:
     import tflite_retroq as rq
-    from tflite_retroq.targets import ETHOS_U
+    from tflite_retroq.targets.vela import ETHOS_U
     skipped = {m: s for m, s in result["skipped"].items() if s}
     skip_md = ""
     if skipped:

@@ -32,7 +32,7 @@ flags.DEFINE_bool("profile", False, "Also time C: the bare step plus the BN-stat
 def bn_loss_rate(tf, model, batch: int, steps: int, fn_cache: dict) -> float:
     """Like bare_rate, plus the BN-statistics loss of synthesis computed from BN-input taps."""
     import numpy as np
-    from tflite_retroq.keras_tools import bn_layers, bn_targets, bn_taps
+    from tflite_retroq.model.batchnorm import bn_layers, bn_targets, bn_taps
     key = ("bn", id(model))
     if key not in fn_cache:
         z = tf.Variable(np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32))

@@ -398,7 +398,7 @@ def test_unwritable_output_dir(models, tmp_path):
                 "d = sys.argv.pop(1); real = os.access\n"
                 "os.access = lambda p, m, *a, **k: False if (m & os.W_OK and os.path.abspath(p) == d) "
                 "else real(p, m, *a, **k)\n"
-                "from tflite_retroq.cli import run\nrun()\n")
+                "from tflite_retroq.cli.main import run\nrun()\n")
         proc = python_wrapped(code, ro, *args)
     assert_one_error_line(proc, "not writable")
     assert_nothing_written(ro, out)
@@ -407,7 +407,7 @@ def test_unwritable_output_dir(models, tmp_path):
 _TF_PROBE = ("import atexit, sys\n"
              "atexit.register(lambda: print('TF-LOADED' if 'tensorflow' in sys.modules or 'keras' in sys.modules "
              "else 'TF-NOT-LOADED'))\n"
-             "from tflite_retroq.cli import run\nrun()\n")
+             "from tflite_retroq.cli.main import run\nrun()\n")
 
 
 @pytest.mark.parametrize("argv", [
@@ -424,7 +424,7 @@ def test_cheap_errors_do_not_import_tensorflow(argv, models, tmp_path):
 
 
 def test_unexpected_exception_is_one_line_exit_1(models):
-    code = ("import tflite_retroq.cli as cli\n"
+    code = ("import tflite_retroq.cli.main as cli\n"
             "def boom(args):\n    raise RuntimeError('boom')\n"
             "cli._HANDLERS['inspect'] = boom\ncli.run()\n")
     proc = python_wrapped(code, "inspect", models / "junk.tflite")

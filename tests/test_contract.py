@@ -276,14 +276,14 @@ def test_long_load_reason_is_cut_at_a_word(results):
 
 
 def test_shorten_cuts_at_word_boundaries():
-    from tflite_retroq.keras_tools import _shorten
+    from tflite_retroq.errors import one_line
     words = [f"word{i:03d}" for i in range(100)]
     text = "  ".join(words) + "\n\n tail"
-    out = _shorten(text, 100)
+    out = one_line(text, 100)
     assert len(out) <= 100 and out.endswith("...")
     kept = out[:-3].split(" ")
     assert kept == words[:len(kept)] and len(kept) >= 8  # whole words, in order, none cut
-    assert _shorten("short\n text", 100) == "short text"
+    assert one_line("short\n text", 100) == "short text"
 
 
 def test_unreadable_fixture_is_really_unreadable(files):

@@ -24,7 +24,7 @@ import pytest
 
 import tflite_retroq as rq
 from tflite_retroq import SynthesisConfig
-from tflite_retroq.keras_tools import bn_layers, bn_taps, fold_batchnorm
+from tflite_retroq.model.batchnorm import bn_layers, bn_taps, fold_batchnorm
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.inspect import inspect_model
 from tflite_retroq.tflite.weight_bits import limit_weight_bits, quantize_bias, symmetric_quantize

@@ -195,7 +195,7 @@ def test_out_of_memory_becomes_typed_error():
 
 @pytest.mark.parametrize("error", ["MemoryError()", "type('ResourceExhaustedError', (Exception,), {})('OOM')"])
 def test_cli_maps_out_of_memory_to_one_line(tmp_path, error):
-    code = ("import tflite_retroq.cli as cli\n"
+    code = ("import tflite_retroq.cli.main as cli\n"
             f"def boom(args):\n    raise {error}\n"
             "cli._HANDLERS['inspect'] = boom\ncli.run()\n")
     env = {k: v for k, v in os.environ.items() if k != "RETROQ_TRACEBACK"}
@@ -231,7 +231,7 @@ def _mixed_model(keras, policy="mixed_float16"):
 
 def test_float32_model_of_mixed_precision():
     import keras
-    from tflite_retroq.keras_tools import as_model, float32_model
+    from tflite_retroq.model.loading import as_model, float32_model
     mixed = _mixed_model(keras)
     assert mixed.get_layer("conv").compute_dtype == "float16"
     f32 = float32_model(mixed)
@@ -262,7 +262,7 @@ def test_mixed_precision_model_synthesizes_and_converts():
 
 def test_float32_model_refuses_clearly_when_it_cannot_clone():
     import keras
-    from tflite_retroq.keras_tools import float32_model
+    from tflite_retroq.model.loading import float32_model
 
     class Sub(keras.Model):
         def __init__(self, **kw):
@@ -325,7 +325,7 @@ def _unbuilt(keras):
 def test_validate_refuses_with_the_real_cause(builder, needle):
     import keras
     import warnings
-    from tflite_retroq.keras_tools import validate_classifier
+    from tflite_retroq.model.validation import validate_classifier
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no NumPy warning on the way to the error
         with pytest.raises(rq.ModelError, match=needle):
@@ -334,7 +334,7 @@ def test_validate_refuses_with_the_real_cause(builder, needle):
 
 def test_dead_relu_output_is_not_mistaken_for_one_hot():
     import keras
-    from tflite_retroq.keras_tools import validate_classifier
+    from tflite_retroq.model.validation import validate_classifier
     inp = keras.Input((8, 8, 3))
     x = keras.layers.GlobalAveragePooling2D()(inp)
     dense = keras.layers.Dense(3, activation="relu")

@@ -7,7 +7,9 @@ import pytest
 
 import tflite_retroq as rq
 from tflite_retroq import InputSpec, ModelError
-from tflite_retroq.keras_tools import bn_layers, bn_taps, resolve_input_space, validate_classifier
+from tflite_retroq.model.batchnorm import bn_layers, bn_taps
+from tflite_retroq.model.input_space import resolve_input_space
+from tflite_retroq.model.validation import validate_classifier
 
 from conftest import C, H, NUM_CLASSES, W
 

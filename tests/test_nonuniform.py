@@ -3,7 +3,7 @@ an independent brute-force re-implementation, and degenerate tensors."""
 import numpy as np
 import pytest
 
-from tflite_retroq import nonuniform as nu
+from tflite_retroq.quant import nonuniform as nu
 from tflite_retroq.errors import ConfigError, QuantizationError
 
 

@@ -87,7 +87,7 @@ def test_inspect_reads_packed_tables_back(variants):
         assert t["distinct_values"] == by_out[t["output"]]["distinct_values"]
         assert (t["index_bits"], t["tables"]) == (by_out[t["output"]]["index_bits"], by_out[t["output"]]["tables"])
         assert t["packed_bytes"] < t["plain_bytes"]
-    from tflite_retroq.report import format_inspect
+    from tflite_retroq.reports.report import format_inspect
     text = format_inspect(info)
     assert "TFLite Micro only" in text and "weight tables (LUT, packed)" in text
 

@@ -9,7 +9,7 @@ import pytest
 
 import tflite_retroq as rq
 from tflite_retroq.errors import ConfigError, DataError, TFLiteModelError
-from tflite_retroq.hybrid import match_layers
+from tflite_retroq.methods.hybrid import match_layers
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.per_channel import per_channel_ops, to_per_channel
 

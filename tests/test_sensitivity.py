@@ -11,7 +11,7 @@ import pytest
 
 import tflite_retroq as rq
 from tflite_retroq.errors import ConfigError, DataError, ModelError
-from tflite_retroq.sensitivity import LayerSensitivity, SensitivityResult, fidelity, spearman
+from tflite_retroq.methods.plan import LayerSensitivity, SensitivityResult, fidelity, spearman
 
 H, W, C, K = 12, 12, 3, 4
 

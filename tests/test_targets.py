@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tflite_retroq as rq
-from tflite_retroq import targets
+from tflite_retroq.targets import estimate, litert, tflm, vela
 from tflite_retroq.errors import TargetError
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.inspect import inspect_model
@@ -40,7 +40,7 @@ def w4(flatten_model, flat_cal):
 
 @pytest.fixture(scope="module")
 def vela_w8(w8):
-    return targets.vela_estimate(w8, "ethos-u55-128")
+    return vela.vela_estimate(w8, "ethos-u55-128")
 
 
 def _macs(model_bytes):
@@ -77,30 +77,30 @@ def test_vela_parses_the_summary(w8, vela_w8):
 
 
 def test_vela_weight_encoder_rewards_fewer_levels(w4, vela_w8):
-    e4 = targets.vela_estimate(w4, "ethos-u55-128")
+    e4 = vela.vela_estimate(w4, "ethos-u55-128")
     assert e4.original_weight_bytes == vela_w8.original_weight_bytes  # still int8 tensors
     assert e4.encoded_weight_bytes < vela_w8.encoded_weight_bytes
 
 
 def test_vela_other_accelerators(w8):
     for acc in ("ethos-u65-256", "ethos-u85-256"):
-        e = targets.vela_estimate(w8, acc)
-        assert e.accelerator == acc and e.system_config == targets.ETHOS_U[acc][0]
+        e = vela.vela_estimate(w8, acc)
+        assert e.accelerator == acc and e.system_config == vela.ETHOS_U[acc][0]
         assert e.cpu_ops == 0 and e.flash_bytes > 0 and e.inference_time_s > 0
 
 
 def test_vela_float_model_stays_on_the_cpu(flatten_model):
     fl = rq.float_tflite(flatten_model, batch_size=1)
-    e = targets.vela_estimate(fl)
+    e = vela.vela_estimate(fl)
     assert e.npu_ops == 0 and e.cpu_ops == inspect_model(fl)["num_ops"]
     assert set(e.cpu_op_types) == set(inspect_model(fl)["op_counts"])
 
 
 def test_vela_rejection_is_a_target_error(w8):
     with pytest.raises(TargetError, match="Vela rejected"):
-        targets.vela_estimate(w8, "ethos-u99-7")
+        vela.vela_estimate(w8, "ethos-u99-7")
     with pytest.raises(rq.TFLiteModelError):
-        targets.vela_estimate(b"not a model at all")
+        vela.vela_estimate(b"not a model at all")
 
 
 @pytest.mark.parametrize("module, call", [("ethosu.vela", "vela"), ("tflite_micro", "tflm")])
@@ -108,7 +108,7 @@ def test_missing_tool_is_a_target_error(monkeypatch, w8, module, call):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
     with pytest.raises(TargetError, match="targets"):
-        targets.vela_estimate(w8) if call == "vela" else targets.tflm_run(w8)
+        vela.vela_estimate(w8) if call == "vela" else tflm.tflm_run(w8)
 
 
 def _activation_lower_bound(model_bytes):
@@ -126,7 +126,7 @@ def _activation_lower_bound(model_bytes):
 def test_tflm_matches_litert(w8, w4):
     images = np.random.default_rng(5).standard_normal((6, 8, 8, 2)).astype(np.float32)
     for b in (w8, w4):
-        r = targets.tflm_run(b, images)
+        r = tflm.tflm_run(b, images)
         assert r.outputs.shape == (6, 4)
         np.testing.assert_array_equal(r.outputs, rq.run_tflite(b, images, resolver="reference"))
         assert r.arena_bytes >= _activation_lower_bound(b) > 0
@@ -139,31 +139,31 @@ def test_tflm_runs_a_dynamic_batch_model_too(flatten_model, flat_cal):
                          progress=False)
     dyn = rq.convert(flatten_model, data)
     images = np.random.default_rng(6).standard_normal((3, 8, 8, 2)).astype(np.float32)
-    np.testing.assert_array_equal(targets.tflm_run(dyn, images).outputs,
+    np.testing.assert_array_equal(tflm.tflm_run(dyn, images).outputs,
                                   rq.run_tflite(dyn, images, resolver="reference"))
 
 
 def test_tflm_errors(w8):
     with pytest.raises(TargetError, match="arena"):
-        targets.tflm_run(w8, arena_size=256)
+        tflm.tflm_run(w8, arena_size=256)
     with pytest.raises(TargetError, match="do not fit"):
-        targets.tflm_run(w8, np.zeros((1, 4, 4, 2), np.float32))
+        tflm.tflm_run(w8, np.zeros((1, 4, 4, 2), np.float32))
 
 
 def test_litert_latency(w8, w4):
-    lat = targets.litert_latency(w8, runs=5, warmup=1)
-    assert set(lat) == set(targets.RESOLVERS) and all(v > 0 for v in lat.values())
-    both = targets.litert_latencies({"w8": w8, "w4": w4}, ("builtin",), runs=3, warmup=0)
+    lat = litert.litert_latency(w8, runs=5, warmup=1)
+    assert set(lat) == set(litert.RESOLVERS) and all(v > 0 for v in lat.values())
+    both = litert.litert_latencies({"w8": w8, "w4": w4}, ("builtin",), runs=3, warmup=0)
     assert set(both) == {"w8", "w4"} and set(both["w4"]) == {"builtin"}
     with pytest.raises(rq.ConfigError):
-        targets.litert_latency(w8, runs=0)
+        litert.litert_latency(w8, runs=0)
 
 
 def test_estimate_dispatch(w8):
-    assert targets.estimate(w8, "tflm")["arena_bytes"] > 0
-    assert targets.estimate(w8, "ethos-u55-128")["npu_ops"] > 0
+    assert estimate.estimate(w8, "tflm")["arena_bytes"] > 0
+    assert estimate.estimate(w8, "ethos-u55-128")["npu_ops"] > 0
     with pytest.raises(rq.ConfigError, match="not known"):
-        targets.estimate(w8, "hexagon")
+        estimate.estimate(w8, "hexagon")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -186,7 +186,7 @@ def test_cli_inspect_target(tmp_path, w8, vela_w8):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["layers"] and set(info["targets"]) == {"tflm", "ethos-u85-256"}
-    assert info["targets"]["tflm"]["arena_bytes"] == targets.tflm_run(w8).arena_bytes
+    assert info["targets"]["tflm"]["arena_bytes"] == tflm.tflm_run(w8).arena_bytes
     assert info["targets"]["ethos-u85-256"]["original_weight_bytes"] == vela_w8.original_weight_bytes
 
 
@@ -228,7 +228,7 @@ def test_tflm_runs_lut_packed_models(flatten_model, flat_cal):
     packed = rq.convert(flatten_model, None, pack="lut", **kw)
     assert "CUSTOM" in inspect_model(packed)["op_counts"]  # DECODE
     images = np.random.default_rng(8).standard_normal((3, 8, 8, 2)).astype(np.float32)
-    np.testing.assert_array_equal(targets.tflm_run(packed, images).outputs, targets.tflm_run(twin, images).outputs)
+    np.testing.assert_array_equal(tflm.tflm_run(packed, images).outputs, tflm.tflm_run(twin, images).outputs)
 
 
 def test_scalar_constant_without_shape_vector(flatten_model, flat_cal):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tflite_retroq as rq
-from tflite_retroq import nonuniform as nu
+from tflite_retroq.quant import nonuniform as nu
 from tflite_retroq.errors import ConfigError
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite import weight_tables as wt

@@ -14,13 +14,16 @@ from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutOfMemoryError, OutputError,
                                   QuantizationError, RetroQError, TFLiteModelError)
 from tflite_retroq.errors import TargetError
-from tflite_retroq.targets import TFLMResult, VelaEstimate, litert_latency, tflm_run, vela_estimate
+from tflite_retroq.targets.litert import litert_latency
+from tflite_retroq.targets.tflm import TFLMResult, tflm_run
+from tflite_retroq.targets.vela import VelaEstimate, vela_estimate
 from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
-from tflite_retroq.keras_tools import fold_batchnorm, load_model
+from tflite_retroq.model.batchnorm import fold_batchnorm
+from tflite_retroq.model.loading import load_model
 from tflite_retroq.synthesis import synthesize
 from tflite_retroq.config import HybridConfig
-from tflite_retroq.sensitivity import (HybridPlan, LayerSensitivity, SensitivityResult, analyze_sensitivity,
-                                       select_layers)
+from tflite_retroq.methods.plan import HybridPlan, LayerSensitivity, SensitivityResult, select_layers
+from tflite_retroq.methods.sensitivity import analyze_sensitivity
 
 
 def representative_dataset(data: SyntheticDataset, batch_size: int = 1):

@@ -14,8 +14,9 @@ import numpy as np
 
 from tflite_retroq.config import IOType, QuantizationConfig, Scheme
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import ConfigError, DataError, OutOfMemoryError, RetroQError, is_out_of_memory
-from tflite_retroq.keras_tools import as_model, validate_classifier
+from tflite_retroq.errors import ConfigError, DataError, OutOfMemoryError, RetroQError, is_out_of_memory, one_line
+from tflite_retroq.model.loading import as_model
+from tflite_retroq.model.validation import validate_classifier
 
 RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[List[np.ndarray]]]]
 
@@ -114,12 +115,11 @@ def _images_of(data: RepresentativeData, input_shape) -> np.ndarray:
 
 def _converter_reason(error: Exception) -> str:
     """The converter's own diagnosis (MLIR's `error: ...` line), not a fragment of its IR dump, cut at a word."""
-    from tflite_retroq.keras_tools import _shorten
     lines = [l.strip() for l in str(error).splitlines() if l.strip()]
     for line in lines:
         if "error:" in line:
-            return _shorten(line.split("error:", 1)[1], 300)
-    return _shorten(lines[0], 300) if lines else "no details"
+            return one_line(line.split("error:", 1)[1], 300)
+    return one_line(lines[0], 300) if lines else "no details"
 
 
 def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.PER_CHANNEL,
@@ -177,7 +177,7 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     `max_per_channel` of them, FULLY_CONNECTED excluded if `fully_connected_per_tensor`;
     or exactly the layers of a precomputed `plan` (sensitivity.HybridPlan).
     """
-    from tflite_retroq import hybrid
+    from tflite_retroq.methods import hybrid
     from tflite_retroq.static_shape import check_calibrated_batch
     from tflite_retroq.tflite.weight_tables import check_options, finish
     check_options(nonuniform, pack, weight_bits)

@@ -67,8 +67,8 @@ def main(argv):
     import tflite_retroq as rq
     from tflite_retroq.evaluate import keras_outputs
     from tflite_retroq.io_utils import write_bytes
-    from tflite_retroq.report import write_json
-    from tflite_retroq.plots import plot_images, plot_losses
+    from tflite_retroq.io_utils import write_json
+    from tflite_retroq.reports.plots import plot_images, plot_losses
     os.makedirs(FLAGS.out, exist_ok=True)
     t0 = time.perf_counter()
     epochs = QUICK["epochs"] if FLAGS.quick else FLAGS.epochs

@@ -7,6 +7,16 @@ import contextlib
 from typing import Iterator
 
 
+def one_line(text: object, limit: int = 240) -> str:
+    """One line of at most `limit` characters, cut at a word boundary (never mid-word)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "..."
+
+
 class RetroQError(Exception):
     """Base class of every error tflite_retroq raises on purpose."""
 

@@ -9,11 +9,15 @@ named as a model or dataset is refused instead of hanging the process.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import stat
 import sys
 import tempfile
-from typing import Callable, Iterator, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Type
+
+import numpy as np
 
 from tflite_retroq.errors import OutputError, RetroQError
 
@@ -230,3 +234,38 @@ def _fd2_to_devnull():
             sys.stderr = old_stderr
             os.dup2(saved, 2)
             os.close(saved)
+
+
+# ----------------------------------------------------------------------------- JSON
+
+def _jsonable(o: Any):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "value"):  # str enums
+        return o.value
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def _finite(o: Any):
+    """NaN/inf are not JSON: store them as null."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(_finite(json.loads(json.dumps(obj, default=_jsonable))), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: str, obj: Any) -> str:
+    """Serialize first, then write atomically: a failure never leaves a partial file."""
+    return write_text(path, to_json(obj))
+

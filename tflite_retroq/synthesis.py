@@ -20,8 +20,10 @@ from tflite_retroq.config import InputSpec, SynthesisConfig, SynthesisMode
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import OutOfMemoryError, is_out_of_memory
 from tflite_retroq.io_utils import library_quiet
-from tflite_retroq.keras_tools import (InputSpace, as_model, bn_layers, bn_targets, bn_taps,
-                                       resolve_input_space, validate_classifier)
+from tflite_retroq.model.batchnorm import bn_layers, bn_targets, bn_taps
+from tflite_retroq.model.input_space import InputSpace, resolve_input_space
+from tflite_retroq.model.loading import as_model
+from tflite_retroq.model.validation import validate_classifier
 from tflite_retroq import resources
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from tflite_retroq import nonuniform as nu
+from tflite_retroq.quant import nonuniform as nu
 from tflite_retroq.errors import TFLiteModelError
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.weight_bits import matched_ops, quantize_bias, symmetric_quantize

@@ -14,7 +14,14 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tflite_retroq.config import HybridConfig, Scheme
+from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import ConfigError, DataError, TFLiteModelError
+from tflite_retroq.methods.sensitivity import KIND_OF_LAYER, analyzable_layers, analyze_sensitivity
+from tflite_retroq.model.batchnorm import fold_batchnorm
+from tflite_retroq.model.loading import as_model
+from tflite_retroq.tflite import model as tfm
+from tflite_retroq.tflite.per_channel import to_per_channel
+from tflite_retroq.tflite.weight_bits import matched_ops
 
 _TOLERANCE = 1e-3  # max |a - b| / max |a|: converter folding vs ours differ by float rounding only
 
@@ -40,9 +47,6 @@ def match_layers(model, calibrated: bytes, names: Optional[List[str]] = None) ->
 
     `model` may carry BatchNorm (it is folded first, as the converter folds it).
     """
-    from tflite_retroq.keras_tools import as_model, fold_batchnorm
-    from tflite_retroq.sensitivity import KIND_OF_LAYER, analyzable_layers
-    from tflite_retroq.tflite import model as tfm
     folded = fold_batchnorm(as_model(model))
     layers = analyzable_layers(folded)
     if names is not None:
@@ -101,8 +105,6 @@ def hybrid_config(scheme, threshold, max_per_channel, fully_connected_per_tensor
 
 def plan_for(model, data, config: HybridConfig, weight_bits: int = 8, progress: bool = False):
     """Sensitivity (Algorithm 2) on `data` and the resulting plan: (HybridPlan, SensitivityResult)."""
-    from tflite_retroq.dataset import SyntheticDataset
-    from tflite_retroq.sensitivity import analyze_sensitivity
     if not isinstance(data, (SyntheticDataset, np.ndarray)):
         raise DataError("scheme='hybrid' needs images (a SyntheticDataset or an [N, H, W, C] array) for the "
                         "sensitivity analysis, or a precomputed plan= (see rq.analyze_sensitivity).")
@@ -112,9 +114,6 @@ def plan_for(model, data, config: HybridConfig, weight_bits: int = 8, progress: 
 
 def apply_plan(model, per_tensor: bytes, calibrated: bytes, plan) -> bytes:
     """The per-tensor model with the plan's per-channel layers re-quantized per-channel (8 bits)."""
-    from tflite_retroq.tflite import model as tfm
-    from tflite_retroq.tflite.per_channel import to_per_channel
-    from tflite_retroq.tflite.weight_bits import matched_ops
     if not plan.per_channel:
         return per_tensor
     ops = match_layers(model, calibrated, list(plan.per_channel))

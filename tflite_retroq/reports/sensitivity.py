@@ -13,8 +13,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tflite_retroq.errors import OutputError
-from tflite_retroq.io_utils import atomic_path
-from tflite_retroq.sensitivity import HybridPlan, SensitivityResult
+from tflite_retroq.io_utils import atomic_path, to_json
+from tflite_retroq.methods.plan import HybridPlan, SensitivityResult
 
 FILES = ("sensitivity.json", "sensitivity.md", "sensitivity.png")
 
@@ -111,7 +111,6 @@ def analysis_document(result: SensitivityResult, plan: HybridPlan, *, model_path
 def write_analysis(out_dir: str, result: SensitivityResult, plan: HybridPlan, document: Dict,
                    title: str = "Per-layer sensitivity") -> List[str]:
     """sensitivity.json / .md / .png in `out_dir`, all written to temporaries before any is renamed."""
-    from tflite_retroq.report import to_json
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise OutputError(f"Output {out_dir!r} is a file; `retroq analyze -o` takes a directory.")
     if not os.path.isdir(out_dir):

@@ -5,45 +5,9 @@ Nothing here imports TensorFlow; inputs are the plain dicts other modules return
 from __future__ import annotations
 
 import datetime
-import json
-import math
-from typing import Any, Dict, List, Optional, Sequence
-
-import numpy as np
-
-from tflite_retroq.io_utils import write_text
+from typing import Dict, List, Optional, Sequence
 
 
-def _jsonable(o: Any):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if hasattr(o, "value"):  # str enums
-        return o.value
-    raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-
-def _finite(o: Any):
-    """NaN/inf are not JSON: store them as null."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def to_json(obj: Any) -> str:
-    return json.dumps(_finite(json.loads(json.dumps(obj, default=_jsonable))), indent=2, allow_nan=False) + "\n"
-
-
-def write_json(path: str, obj: Any) -> str:
-    """Serialize first, then write atomically: a failure never leaves a partial file."""
-    return write_text(path, to_json(obj))
 
 
 def convert_report(*, model_path: str, output_path: str, quantization: Dict, data_source: Dict,

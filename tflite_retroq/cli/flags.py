@@ -1,0 +1,254 @@
+"""Every `retroq` flag, the usage text, and the checks that run before TensorFlow is imported.
+
+Flags are parsed and every option is validated (and output paths checked for
+writability) before TensorFlow is imported, so mistakes fail in a fraction of a
+second. Every RetroQError becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+from absl import flags
+
+from tflite_retroq.config import HybridConfig, InputSpec, SynthesisConfig, SynthesisMode
+from tflite_retroq.errors import ConfigError, RetroQError
+
+DEFAULTS = SynthesisConfig()
+MODES = [m.value for m in SynthesisMode]
+
+USAGE = f"""retroq: data-free full-integer int8 TFLite quantization of Keras image classifiers.
+
+usage:
+  retroq synthesize MODEL.keras -o DATA.npz [--mode retro|zeroq|gaussian] [--images N | --samples N]
+                    [--batch-size N] [--iterations N] [--seed S] [input flags] [--quiet]
+  retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
+                    [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
+                    [--scheme per-channel|per-tensor|hybrid [--threshold TH] [--max-per-channel N]
+                    [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
+                    [--io int8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
+  retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
+                    [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [synthesis and input flags]
+  retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
+
+commands:
+  synthesize   synthesize calibration images from the model itself and save them (.npz)
+  convert      synthesize (or load) calibration data and write a full-integer int8 .tflite
+  analyze      per-layer per-tensor vs per-channel sensitivity (KL), the hybrid plan, a plot
+  inspect      per-tensor quantization table, weight layers, op counts and size of a .tflite
+
+synthesis flags (synthesize, and convert without --data-file):
+  --mode / --data  retro (BN statistics + class loss, default), zeroq (no class loss),
+                   gaussian (plain noise, no optimization)
+  --images N       total images, spread over the classes (default {DEFAULTS.DEFAULT_IMAGES})
+  --samples N      images per class instead (balanced classes; N x classes images)
+  --batch-size N   images optimized together (default: chosen from the model's activation memory
+                   and free memory; BatchNorm statistics are matched per batch)
+  --iterations N   optimization steps per batch (default {DEFAULTS.DEFAULT_ITERATIONS})
+  --time-budget S  seconds synthesis may take (default {DEFAULTS.time_budget:g}; 0 = no limit): measured
+                   from the first steps, default iterations then images shrink to fit (never below
+                   {DEFAULTS.MIN_ITERATIONS} iterations x {DEFAULTS.MIN_IMAGES} images); explicit --images/--iterations are kept
+  --seed S         random seed (default {DEFAULTS.seed})
+  --quiet          no progress bar on stderr
+
+input flags (how the model input relates to pixels; default: detected from a
+Rescaling/Normalization front layer, else inferred from the first BatchNorm's running
+statistics, else N(0, 1) with a warning; the space used is printed and recorded):
+  --input-mean a,b,c --input-std a,b,c   model_input = (pixel - mean) / std
+  --input-range LO,HI                    the model takes raw pixels in [LO, HI]
+
+convert flags:
+  -o, --output PATH     the .tflite to write (atomically)
+  --data-file PATH      calibrate with a dataset from `retroq synthesize` instead
+  --scheme S            per-channel (default), per-tensor, or hybrid: per-tensor except the layers
+                        whose sensitivity says per-channel pays (KL_PT - KL_PC > TH on the
+                        calibration images)
+  --threshold TH        hybrid: the rule's threshold (default 0: accuracy first; larger: fewer
+                        per-channel layers)
+  --max-per-channel N   hybrid: at most N per-channel layers, the most sensitive first
+  --fc-per-tensor       hybrid: keep FULLY_CONNECTED layers per-tensor (Hexagon, Vela need it)
+  --weight-bits B       8 (default), 6 or 4: weights limited to +-(2^(B-1)-1), int8 tensors
+  --nonuniform          2^B non-uniform levels per weight tensor (per channel with
+                        --scheme per-channel) from IQR clusters, snapped onto the int8 grid
+  --pack lut            store weight tensors as B-bit indices + value tables (TFLite Micro
+                        LUT compression): the file shrinks but runs on TFLite Micro ONLY,
+                        not on LiteRT
+  --io T                int8 (default) or float model inputs/outputs
+  --report PATH         also write a JSON report (config, input space, synthesis, layers, hybrid plan)
+  --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
+                        SHAPE/STRIDED_SLICE/PACK ops around Flatten/Reshape
+
+analyze flags:
+  -o DIR                writes DIR/sensitivity.json, .md and .png (DIR is created if missing)
+  --data-file PATH      measure on a dataset from `retroq synthesize` (default: synthesize retro data)
+  --weight-bits B       the weight grid to measure at (8, 6 or 4)
+  --threshold, --max-per-channel, --fc-per-tensor: the plan shown (default Th=0)
+
+inspect flags:
+  --json                print the inspection as JSON instead of a table
+  --target T[,T...]     also estimate the model on targets: ethos-u55-128, ethos-u65-256,
+                        ethos-u85-256 (Arm Vela: NPU time, operator placement, SRAM, flash,
+                        encoded weights) or tflm (TFLite Micro runtime: tensor arena);
+                        needs `pip install tflite_retroq[targets]`
+
+Errors print one line `retroq: error: ...` on stderr and exit with code 2.
+"""
+
+COMMANDS = ("synthesize", "convert", "analyze", "inspect")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output", None, "Output path (.npz for synthesize, .tflite for convert).", short_name="o")
+flags.DEFINE_enum("mode", DEFAULTS.mode.value, MODES, "synthesize: synthesis mode.")
+flags.DEFINE_enum("data", None, MODES, "convert: synthesize calibration data in this mode (default retro).")
+flags.DEFINE_string("data-file", None, "convert/analyze: calibration dataset (.npz) from `retroq synthesize`.")
+flags.DEFINE_integer("images", None, f"Total synthetic images (default {DEFAULTS.DEFAULT_IMAGES}).")
+flags.DEFINE_integer("samples", None, "Images per class instead of a total (balanced classes).")
+flags.DEFINE_integer("batch-size", None, "Images optimized together (default: from memory).")
+flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {DEFAULTS.DEFAULT_ITERATIONS}).")
+flags.DEFINE_float("time-budget", None, f"Synthesis seconds (default {DEFAULTS.time_budget:g}; 0 = no limit).")
+flags.DEFINE_integer("seed", None, f"Random seed (default {DEFAULTS.seed}).")
+flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid"],
+                  "convert: weight quantization scheme.")
+flags.DEFINE_float("threshold", None, "hybrid: per-channel iff KL_PT - KL_PC > TH (default 0).")
+flags.DEFINE_integer("max-per-channel", None, "hybrid: at most N per-channel layers, most sensitive first.")
+flags.DEFINE_boolean("fc-per-tensor", False, "hybrid: keep FULLY_CONNECTED layers per-tensor.")
+flags.DEFINE_integer("weight-bits", 8, "convert: weight bits, 8, 6 or 4.")
+flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) weight levels.")
+flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
+flags.DEFINE_enum("io", "int8", ["int8", "float"], "convert: model input/output type.")
+flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
+flags.DEFINE_list("input-mean", None, "Per-channel mean: model_input = (pixel - mean) / std.")
+flags.DEFINE_list("input-std", None, "Per-channel std: model_input = (pixel - mean) / std.")
+flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in this range.")
+flags.DEFINE_boolean("quiet", False, "No progress bar on stderr.")
+flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
+# --- targets: static-shape export and target estimates
+flags.DEFINE_integer("static-batch", None, "convert: fix the batch dimension (1 for MCUs/NPUs).")
+flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-u85-256 and/or tflm.")
+
+# Absurd integers are refused while the flags are parsed (one line, exit 2), before they can
+# overflow a C long or ask for terabytes. The limits are far above any sensible run.
+_INT_LIMITS = {"samples": (1, 1_000_000, "images per class"), "images": (1, 10_000_000, "synthetic images"),
+               "batch-size": (1, 1_000_000, "images per batch"), "iterations": (0, 1_000_000, "optimization steps"),
+               "seed": (0, 2**32 - 1, "the random seed")}
+
+
+def _register_int_limits() -> None:
+    for name, (lo, hi, what) in _INT_LIMITS.items():
+        flags.register_validator(
+            name, lambda v, lo=lo, hi=hi: v is None or lo <= v <= hi,
+            message=f"--{name} must be between {lo} and {hi} ({what}); pass a value in that range.")
+
+
+_register_int_limits()
+
+SYNTH_FLAGS = ("images", "samples", "batch-size", "iterations", "time-budget", "seed")
+INPUT_FLAGS = ("input-mean", "input-std", "input-range")
+ALLOWED = {
+    "synthesize": {"output", "mode", "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
+    "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "fc-per-tensor",
+                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", *SYNTH_FLAGS, *INPUT_FLAGS},
+    "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
+                "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
+    "inspect": {"json", "target"},
+}
+OWN = sorted(set().union(*ALLOWED.values()))
+
+
+class UsageError(RetroQError):
+    """Wrong command line shape (command, positional arguments, missing -o)."""
+
+
+def present(name: str) -> bool:
+    return bool(FLAGS[name].present)
+
+
+def flag(name: str):
+    return FLAGS[name].value
+
+
+# ----------------------------------------------------------------------------- validation helpers
+
+def positional(command: str, args: Sequence[str], what: str) -> str:
+    if not args:
+        raise UsageError(f"`retroq {command}` needs {what} as its argument; see `retroq --help`.")
+    if len(args) > 1:
+        raise UsageError(f"`retroq {command}` takes one {what}, got {len(args)} arguments: {' '.join(args)}.")
+    return args[0]
+
+
+def check_flags_apply(command: str) -> None:
+    for name in OWN:
+        if present(name) and name not in ALLOWED[command]:
+            raise ConfigError(f"--{name} does not apply to `retroq {command}`; see `retroq --help`.")
+
+
+def require_output(command: str, example: str) -> str:
+    out = flag("output")
+    if not out:
+        raise UsageError(f"`retroq {command}` needs -o {example}.")
+    return out
+
+
+def input_spec() -> Optional[InputSpec]:
+    if not any(present(n) for n in INPUT_FLAGS):
+        return None
+    return InputSpec(mean=flag("input-mean"), std=flag("input-std"), value_range=flag("input-range"))
+
+
+def synthesis_config(mode: str) -> SynthesisConfig:
+    kw = {"mode": mode}
+    for flag, field in (("images", "images"), ("samples", "samples_per_class"), ("batch-size", "batch_size"),
+                        ("iterations", "iterations"), ("seed", "seed")):
+        if flag(flag) is not None:
+            kw[field] = flag(flag)
+    if flag("time-budget") is not None:
+        kw["time_budget"] = flag("time-budget") or None
+    if kw.get("seed", 0) < 0:
+        raise ConfigError(f"--seed {kw['seed']} must be >= 0.")
+    try:
+        return SynthesisConfig(**kw)
+    except ConfigError as e:
+        raise ConfigError(as_flags(str(e))) from None
+
+
+def as_flags(msg: str) -> str:
+    """A SynthesisConfig message in the CLI's words: the flag, not the dataclass field."""
+    for field, flag in (("samples_per_class", "--samples"), ("images", "--images"), ("batch_size", "--batch-size"),
+                        ("iterations", "--iterations"), ("seed", "--seed"), ("time_budget", "--time-budget")):
+        msg = msg.replace(f"{field}=", f"{flag} ")
+    return msg.replace("images (a total budget)", "--images").replace(
+        "samples_per_class (balanced per class)", "--samples")
+
+
+def hybrid_config(enabled: bool):
+    """HybridConfig from --threshold / --max-per-channel / --fc-per-tensor (refused without hybrid)."""
+    given = [n for n in ("threshold", "max-per-channel", "fc-per-tensor") if present(n)]
+    if not enabled:
+        if given:
+            raise ConfigError(f"--{given[0]} only applies to --scheme hybrid.")
+        return None
+    try:
+        return HybridConfig(threshold=0.0 if flag("threshold") is None else flag("threshold"),
+                            max_per_channel=flag("max-per-channel"),
+                            fully_connected_per_tensor=bool(flag("fc-per-tensor")))
+    except ConfigError as e:
+        msg = str(e).replace("max_per_channel=", "--max-per-channel ").replace("threshold=", "--threshold ")
+        raise ConfigError(msg) from None
+
+
+def static_batch_flag() -> Optional[int]:
+    n = flag("static-batch")
+    if n is not None and n < 1:
+        raise ConfigError(f"--static-batch {n} must be a positive integer (1 for microcontrollers and NPUs).")
+    return n
+
+
+def target_names() -> List[str]:
+    from tflite_retroq.targets.estimate import TARGETS  # imports the tools' modules: only when asked
+    names = [t.strip() for t in (flag("target") or []) if t.strip()]
+    if present("target") and not names:
+        raise ConfigError(f"--target needs a value; choose from {', '.join(TARGETS)}.")
+    for t in names:
+        if t not in TARGETS:
+            raise ConfigError(f"--target {t!r} is not known; choose from {', '.join(TARGETS)}.")
+    return list(dict.fromkeys(names))

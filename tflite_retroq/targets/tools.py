@@ -1,0 +1,29 @@
+"""Optional target tools: is a package installed, which version."""
+from __future__ import annotations
+
+from tflite_retroq.errors import TargetError
+
+
+def _require(module: str, package: str) -> None:
+    import importlib.util
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise TargetError(f"{package} is not installed; install it with `pip install tflite_retroq[targets]` "
+                          f"(or `pip install {package}`).")
+
+
+def _version(package: str) -> str:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def last_line(text: str) -> str:
+    """A tool's own reason: the last line it printed that is not one of Vela's 'Warning: No ...' notes."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Warning: No ")]
+    return (lines[-1] if lines else "no message")[:300]
