@@ -81,7 +81,7 @@ def bn_model():
 
 @pytest.fixture(scope="session")
 def nobn_model():
-    """No BatchNorm at all, logits output, no preprocessing front (default N(0,1) space)."""
+    """No BatchNorm at all, logits output, no preprocessing front: its input space must be stated (untrained)."""
     keras = _keras()
     keras.utils.set_random_seed(1)
     inp = keras.Input((H, W, C))

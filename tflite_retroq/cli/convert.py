@@ -59,6 +59,12 @@ def cmd_convert(args: Sequence[str]) -> int:
                      calibrated=calibrated, batch_size=static_batch, nonuniform=flag("nonuniform"),
                      pack=flag("pack"), plan=plan)
     seconds["conversion"] = time.perf_counter() - t1 - seconds.get("sensitivity", 0.0)
+    t3 = time.perf_counter()
+    quality = None
+    if not flag("pack"):  # a LUT-packed file runs on TFLite Micro only: the LiteRT interpreter cannot check it
+        from tflite_retroq.quality import estimate_quality, holdout_images
+        quality = estimate_quality(tflite, model, holdout_images(model, dataset), calibrated=calibrated)
+        seconds["quality estimate"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
 
     from tflite_retroq.io_utils import atomic_path, write_bytes
@@ -79,7 +85,8 @@ def cmd_convert(args: Sequence[str]) -> int:
                               **({"nonuniform": True} if flag("nonuniform") else {}),
                               **({"pack": flag("pack")} if flag("pack") else {})),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
-            inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens)))
+            inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens),
+            quality=quality.to_dict() if quality is not None else None))
         # Both files are fully written to temporaries before either is renamed into place.
         with atomic_path(output) as tmp_out, atomic_path(report_path) as tmp_rep:
             with open(tmp_out, "wb") as f:
@@ -95,6 +102,11 @@ def cmd_convert(args: Sequence[str]) -> int:
         say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
              f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
              "than real ones)")
+    if quality is not None:
+        say(quality.line())
+        if quality.warning():
+            import warnings
+            warnings.warn(quality.warning())  # one `retroq: warning:` line on stderr, after success
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
     kind = f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
     scheme = qcfg.scheme.value if plan is None else f"hybrid: {len(plan.per_channel)}/{plan.num_layers} per-channel"
