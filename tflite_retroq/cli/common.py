@@ -22,8 +22,10 @@ def check_outputs(model_path: str, *paths: Optional[str], data_file: Optional[st
         check_writable(p)
         check_not_inputs(p, inputs)
     for i, p in enumerate(given):
-        if any(same_file(p, q) for q in given[:i]):
-            raise ConfigError("-o and --report name the same file; choose two different paths.")
+        for q in given[:i]:
+            if same_file(p, q):
+                raise ConfigError(f"{q!r} and {p!r} are the same file (the two outputs would overwrite each other); "
+                                  "choose two different paths.")
 
 
 def load_checked_model(path: str):
