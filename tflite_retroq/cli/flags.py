@@ -147,7 +147,8 @@ flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-
 # overflow a C long or ask for terabytes. The limits are far above any sensible run.
 _INT_LIMITS = {"samples": (1, 1_000_000, "images per class"), "images": (1, 10_000_000, "synthetic images"),
                "batch-size": (1, 1_000_000, "images per batch"), "iterations": (0, 1_000_000, "optimization steps"),
-               "seed": (0, 2**32 - 1, "the random seed")}
+               "seed": (0, 2**32 - 1, "the random seed"),
+               "static-batch": (1, 65536, "images per inference; 1 for microcontrollers and NPUs")}
 
 
 def _register_int_limits() -> None:
