@@ -17,6 +17,7 @@ from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import ConfigError, DataError, OutOfMemoryError, RetroQError, is_out_of_memory, one_line
 from tflite_retroq.model.loading import as_model
 from tflite_retroq.model.validation import validate_classifier
+from tflite_retroq.tflite.model import verify
 
 RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[List[np.ndarray]]]]
 
@@ -128,6 +129,7 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
     cfg = QuantizationConfig(scheme=scheme, io=io)
+    calibrated = verify(calibrated, "The calibrated model")  # the converter would crash on bad bytes
     if cfg.scheme == Scheme.HYBRID:
         raise ConfigError("scheme='hybrid' needs the Keras model and images for its sensitivity analysis; "
                           "use convert(model, data, scheme='hybrid', calibrated=...).")
@@ -186,6 +188,8 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     hcfg = hybrid.hybrid_config(cfg.scheme, threshold, max_per_channel, fully_connected_per_tensor, plan)
     if calibrated is None:
         calibrated = calibrate(model, data, logit_range=logit_range, batch_size=batch_size)
+    else:
+        calibrated = verify(calibrated, "calibrated=")  # before any native code parses the caller's bytes
     check_calibrated_batch(calibrated, batch_size)
     quantized = quantize_calibrated(calibrated, Scheme.PER_TENSOR if hcfg is not None else cfg.scheme, cfg.io)
     if hcfg is not None:

@@ -6,6 +6,7 @@ request that cannot fit is refused with one line instead of an allocator crash.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -55,14 +56,24 @@ def available_bytes() -> int:
 def memory_budget() -> int:
     """Bytes synthesis may use: $RETROQ_MEMORY_BUDGET_MB if set, else half the available memory, at most 4 GiB."""
     env = os.environ.get(ENV_BUDGET)
-    if env:
+    if env is not None and env.strip():
         try:
             mb = float(env)
         except ValueError:
+            mb = float("nan")
+        if not math.isfinite(mb) or mb <= 0 or mb * (1 << 20) >= 2 ** 62:
             from tflite_retroq.errors import ConfigError
-            raise ConfigError(f"{ENV_BUDGET}={env!r} must be a number of megabytes.") from None
-        return max(0, int(mb * (1 << 20)))
+            raise ConfigError(f"{ENV_BUDGET}={env!r} must be a positive number of megabytes (e.g. 2048); set it to "
+                              "the memory synthesis may use, or unset it to use half the free memory.")
+        return max(1, int(mb * (1 << 20)))
     return int(min(available_bytes() // 2, MAX_BUDGET))
+
+
+def budget_words(budget: int) -> str:
+    """The budget and where it comes from, for messages: the variable is named when the user set it."""
+    env = os.environ.get(ENV_BUDGET)
+    origin = f" ({ENV_BUDGET}={env.strip()})" if env and env.strip() else ""
+    return f"{fmt_bytes(budget)} memory budget{origin}"
 
 
 def activation_elements(model) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from tflite_retroq.config import InputSpec, SynthesisConfig, SynthesisMode
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import OutOfMemoryError, is_out_of_memory
+from tflite_retroq.errors import ConfigError, OutOfMemoryError, is_out_of_memory, one_line
 from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.model.batchnorm import bn_layers, bn_targets, bn_taps
 from tflite_retroq.model.input_space import InputSpace, resolve_input_space
@@ -77,14 +77,14 @@ def _batch_size(config: SynthesisConfig, n: int, per_image: int, budget: int, im
         if bs * per_image > room:
             raise OutOfMemoryError(
                 f"batch size {bs} needs about {resources.fmt_bytes(bs * per_image + n * image_bytes)} for synthesis, "
-                f"more than the {resources.fmt_bytes(budget)} memory budget; lower --batch-size (at most "
+                f"more than the {resources.budget_words(budget)}; lower --batch-size (at most "
                 f"{max(0, room // max(per_image, 1))} fits) or --images.")
         return bs, "user"
     fit = room // max(per_image, 1)
     if fit < 1:
         raise OutOfMemoryError(
             f"one image needs about {resources.fmt_bytes(per_image)} for synthesis, more than the "
-            f"{resources.fmt_bytes(budget)} memory budget allows beside {n} images; lower --images or free memory.")
+            f"{resources.budget_words(budget)} allows beside {n} images; lower --images or free memory.")
     bs = int(max(1, min(fit, SynthesisConfig.MAX_AUTO_BATCH, n)))
     bs = -(-n // -(-n // bs))  # equal batches: no small last batch with poor statistics and a second compile
     return bs, f"auto: {resources.fmt_bytes(per_image)} per image, memory budget {resources.fmt_bytes(budget)}"
@@ -107,7 +107,7 @@ def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape
     if n * image_bytes > budget:
         raise OutOfMemoryError(
             f"{n} images of shape {tuple(input_shape)} need {resources.fmt_bytes(n * image_bytes)}, more than the "
-            f"{resources.fmt_bytes(budget)} memory budget; lower --images (or --samples).")
+            f"{resources.budget_words(budget)}; lower --images (or --samples).")
     source = "as configured"
     left = None if config.time_budget is None else max(config.time_budget - spent, 0.25 * config.time_budget)
     if rate and iters and left is not None and n * iters / rate > left:
@@ -138,6 +138,10 @@ def synthesize(model, config: Optional[SynthesisConfig] = None, *, input_spec: O
     Returns images in the model's own input space (what `model(x)` expects), clipped to
     the valid pixel range.
     """
+    if config is not None and not isinstance(config, SynthesisConfig):
+        hint = f"SynthesisConfig(mode={config!r})" if isinstance(config, str) else "SynthesisConfig(...)"
+        raise ConfigError(f"config must be a SynthesisConfig, got {type(config).__name__} {one_line(config, 40)!r}; "
+                          f"pass {hint}.")
     config = config or SynthesisConfig()
     model = as_model(model)
     with warnings.catch_warnings():  # Keras/TF chatter; the warnings that matter are ours, one line each

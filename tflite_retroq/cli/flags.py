@@ -16,27 +16,33 @@ from tflite_retroq.errors import ConfigError, RetroQError
 DEFAULTS = SynthesisConfig()
 MODES = [m.value for m in SynthesisMode]
 
-USAGE = f"""retroq: data-free full-integer int8 TFLite quantization of Keras image classifiers.
-
-usage:
-  retroq synthesize MODEL.keras -o DATA.npz [--mode retro|zeroq|gaussian] [--images N | --samples N]
+# The help text, in sections: `retroq --help` prints them all, `retroq VERB --help` the usage line
+# of VERB and the sections naming it. Edit a section in place; add a flag to the section of its verb.
+_HEAD = "retroq: data-free full-integer int8 TFLite quantization of Keras image classifiers.\n"
+_USAGE_LINES = {
+    "synthesize": """  retroq synthesize MODEL.keras -o DATA.npz [--mode retro|zeroq|gaussian] [--images N | --samples N]
                     [--batch-size N] [--iterations N] [--seed S] [input flags] [--quiet]
-  retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
+""",
+    "convert": """  retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
                     [--scheme per-channel|per-tensor|hybrid [--threshold TH] [--max-per-channel N]
                     [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
                     [--io int8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
-  retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
+""",
+    "analyze": """  retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
                     [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [synthesis and input flags]
-  retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
-
-commands:
+""",
+    "inspect": """  retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
+""",
+}
+_COMMANDS = """commands:
   synthesize   synthesize calibration images from the model itself and save them (.npz)
   convert      synthesize (or load) calibration data and write a full-integer int8 .tflite
   analyze      per-layer per-tensor vs per-channel sensitivity (KL), the hybrid plan, a plot
   inspect      per-tensor quantization table, weight layers, op counts and size of a .tflite
-
-synthesis flags (synthesize, and convert without --data-file):
+"""
+SECTIONS = (  # (the verbs a section applies to, its text)
+    (("synthesize", "convert", "analyze"), f"""synthesis flags (synthesize, and convert without --data-file):
   --mode / --data  retro (BN statistics + class loss, default), zeroq (no class loss),
                    gaussian (plain noise, no optimization)
   --images N       total images, spread over the classes (default {DEFAULTS.DEFAULT_IMAGES})
@@ -49,14 +55,14 @@ synthesis flags (synthesize, and convert without --data-file):
                    {DEFAULTS.MIN_ITERATIONS} iterations x {DEFAULTS.MIN_IMAGES} images); explicit --images/--iterations are kept
   --seed S         random seed (default {DEFAULTS.seed})
   --quiet          no progress bar on stderr
-
-input flags (how the model input relates to pixels; default: detected from a
+"""),
+    (("synthesize", "convert", "analyze"), """input flags (how the model input relates to pixels; default: detected from a
 Rescaling/Normalization front layer, else inferred from the first BatchNorm's running
 statistics, else N(0, 1) with a warning; the space used is printed and recorded):
   --input-mean a,b,c --input-std a,b,c   model_input = (pixel - mean) / std
   --input-range LO,HI                    the model takes raw pixels in [LO, HI]
-
-convert flags:
+"""),
+    (("convert",), """convert flags:
   -o, --output PATH     the .tflite to write (atomically)
   --data-file PATH      calibrate with a dataset from `retroq synthesize` instead
   --scheme S            per-channel (default), per-tensor, or hybrid: per-tensor except the layers
@@ -76,22 +82,34 @@ convert flags:
   --report PATH         also write a JSON report (config, input space, synthesis, layers, hybrid plan)
   --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
                         SHAPE/STRIDED_SLICE/PACK ops around Flatten/Reshape
-
-analyze flags:
+"""),
+    (("analyze",), """analyze flags:
   -o DIR                writes DIR/sensitivity.json, .md and .png (DIR is created if missing)
   --data-file PATH      measure on a dataset from `retroq synthesize` (default: synthesize retro data)
   --weight-bits B       the weight grid to measure at (8, 6 or 4)
   --threshold, --max-per-channel, --fc-per-tensor: the plan shown (default Th=0)
-
-inspect flags:
+"""),
+    (("inspect",), """inspect flags:
   --json                print the inspection as JSON instead of a table
   --target T[,T...]     also estimate the model on targets: ethos-u55-128, ethos-u65-256,
                         ethos-u85-256 (Arm Vela: NPU time, operator placement, SRAM, flash,
                         encoded weights) or tflm (TFLite Micro runtime: tensor arena);
                         needs `pip install tflite_retroq[targets]`
-
-Errors print one line `retroq: error: ...` on stderr and exit with code 2.
+"""),
+)
+_FOOT = """Errors print one line `retroq: error: ...` on stderr and exit with code 2.
 """
+USAGE = "\n".join([_HEAD, "usage:\n" + "".join(_USAGE_LINES.values()), _COMMANDS,
+                   *(text for _, text in SECTIONS), _FOOT])
+
+
+def verb_help(verb: str) -> str:
+    """`retroq VERB --help`: VERB's usage line and the flag sections that apply to it."""
+    if verb not in _USAGE_LINES:
+        return USAGE
+    return "\n".join([_HEAD, "usage:\n" + _USAGE_LINES[verb], *(t for vs, t in SECTIONS if verb in vs),
+                      "See `retroq --help` for every command.\n" + _FOOT])
+
 
 COMMANDS = ("synthesize", "convert", "analyze", "inspect")
 
@@ -129,7 +147,8 @@ flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-
 # overflow a C long or ask for terabytes. The limits are far above any sensible run.
 _INT_LIMITS = {"samples": (1, 1_000_000, "images per class"), "images": (1, 10_000_000, "synthetic images"),
                "batch-size": (1, 1_000_000, "images per batch"), "iterations": (0, 1_000_000, "optimization steps"),
-               "seed": (0, 2**32 - 1, "the random seed")}
+               "seed": (0, 2**32 - 1, "the random seed"),
+               "static-batch": (1, 65536, "images per inference; 1 for microcontrollers and NPUs")}
 
 
 def _register_int_limits() -> None:
@@ -213,9 +232,11 @@ def synthesis_config(mode: str) -> SynthesisConfig:
 
 def as_flags(msg: str) -> str:
     """A SynthesisConfig message in the CLI's words: the flag, not the dataclass field."""
-    for field, flag in (("samples_per_class", "--samples"), ("images", "--images"), ("batch_size", "--batch-size"),
+    for field, name in (("samples_per_class", "--samples"), ("images", "--images"), ("batch_size", "--batch-size"),
                         ("iterations", "--iterations"), ("seed", "--seed"), ("time_budget", "--time-budget")):
-        msg = msg.replace(f"{field}=", f"{flag} ")
+        msg = msg.replace(f"{field}=", f"{name} ")
+    if msg.startswith("--time-budget"):
+        msg = msg.replace(" or None.", "; pass 0 for no limit.")
     return msg.replace("images (a total budget)", "--images").replace(
         "samples_per_class (balanced per class)", "--samples")
 
@@ -252,3 +273,53 @@ def target_names() -> List[str]:
         if t not in TARGETS:
             raise ConfigError(f"--target {t!r} is not known; choose from {', '.join(TARGETS)}.")
     return list(dict.fromkeys(names))
+
+
+# ----------------------------------------------------------------------------- the command line, before absl
+
+HELP_FLAGS = ("h", "help", "helpshort", "helpfull", "?")
+
+
+def _flag_name(arg: str) -> str:
+    return arg.lstrip("-").split("=", 1)[0]
+
+
+def help_requested(argv: Sequence[str]) -> Optional[str]:
+    """The help text to print if the command line asks for help (`--help`, `-h`, `help [VERB]`), else None."""
+    args = list(argv[1:])
+    if args[:1] == ["help"]:
+        return verb_help(args[1]) if len(args) > 1 else USAGE
+    for a in args:
+        if a == "--":
+            break
+        if a.startswith("-") and _flag_name(a) in HELP_FLAGS:
+            verb = args[0] if args and args[0] in COMMANDS else None
+            return verb_help(verb) if verb else USAGE
+    return None
+
+
+def check_own_flags(argv: Sequence[str]) -> None:
+    """Refuse every flag that is not retroq's own before absl sees the command line.
+
+    absl defines its own flags (--flagfile, --run_with_pdb, --profile_file, logging flags...) in
+    the same registry; they are not part of this tool: --flagfile would read any file (or block
+    on a FIFO) and --profile_file would overwrite one. Only the flags in OWN (and -o) get through.
+    """
+    args = list(argv[1:])
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        if a == "--":
+            break
+        if not a.startswith("-") or a == "-":
+            continue
+        name = _flag_name(a)
+        own = name if name in OWN else "output" if name == "o" else None
+        if own is None and name.startswith("no") and name[2:] in OWN and FLAGS[name[2:]].boolean:
+            continue
+        if own is None:
+            raise UsageError(f"{a.split('=', 1)[0]} is not a retroq flag; see `retroq --help` for the flags of "
+                             "each command.")
+        if "=" not in a and not FLAGS[own].boolean:
+            i += 1  # its value, which may itself start with '-'

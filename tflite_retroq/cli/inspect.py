@@ -1,10 +1,9 @@
 """`retroq inspect MODEL.tflite`: the quantization table, and estimates on named targets."""
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
-from tflite_retroq.cli.common import say
+from tflite_retroq.cli.common import emit, say
 from tflite_retroq.cli.flags import flag, positional, target_names
 
 
@@ -19,7 +18,7 @@ def cmd_inspect(args: Sequence[str]) -> int:
     if flag("json"):
         from tflite_retroq.io_utils import to_json
         extra = {"targets": estimates} if targets else {}
-        sys.stdout.write(to_json(dict(info, path=path, **extra)))
+        emit(to_json(dict(info, path=path, **extra)))
     else:
         from tflite_retroq.reports.report import format_inspect
         say(f"{path}")

@@ -6,6 +6,7 @@ as its float32 twin, because synthesis and calibration need float32 gradients an
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from typing import Dict, List
 
@@ -42,6 +43,12 @@ def load_model(path: str):
     except Exception as e:  # Keras raises many types for a bad file
         model = _load_legacy(keras, path, e)
         if model is None:
+            missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(e))
+            if missing:  # the real cause sits deep in Keras's message, behind a generic preamble
+                raise ModelError(f"{path!r} uses the custom class {missing.group(1)!r}, which is not registered in "
+                                 "this process; in Python, import the module that defines it (decorated with "
+                                 "@keras.saving.register_keras_serializable()) before loading, or rebuild the "
+                                 "model from built-in Keras layers for the command line.") from None
             raise ModelError(f"{path!r} could not be loaded as a Keras model ({_load_reason(e)}); "
                              "save it with model.save('model.keras') and avoid Lambda layers.") from None
     return model
