@@ -123,7 +123,9 @@ flags.DEFINE_boolean("quiet", False, "No progress bar on stderr.")
 flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
 # --- targets: static-shape export and target estimates
 flags.DEFINE_integer("static-batch", None, "convert: fix the batch dimension (1 for MCUs/NPUs).")
-flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-u85-256 and/or tflm.")
+flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-u85-256, tflm, qualcomm-<soc>.")
+flags.DEFINE_string("system-config", None, "inspect: Vela system config (Arm/vela.ini) for Ethos-U targets.")
+flags.DEFINE_string("memory-mode", None, "inspect: Vela memory mode (Arm/vela.ini) for Ethos-U targets.")
 
 # Absurd integers are refused while the flags are parsed (one line, exit 2), before they can
 # overflow a C long or ask for terabytes. The limits are far above any sensible run.
@@ -149,7 +151,7 @@ ALLOWED = {
                 "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", *SYNTH_FLAGS, *INPUT_FLAGS},
     "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
                 "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
-    "inspect": {"json", "target"},
+    "inspect": {"json", "target", "system-config", "memory-mode"},
 }
 OWN = sorted(set().union(*ALLOWED.values()))
 
@@ -252,3 +254,15 @@ def target_names() -> List[str]:
         if t not in TARGETS:
             raise ConfigError(f"--target {t!r} is not known; choose from {', '.join(TARGETS)}.")
     return list(dict.fromkeys(names))
+
+
+def vela_options(targets: Sequence[str]) -> dict:
+    """--system-config / --memory-mode for Vela; refused unless an Ethos-U target is named."""
+    given = {k.replace("-", "_"): flag(k) for k in ("system-config", "memory-mode") if present(k)}
+    for k, v in given.items():
+        if not v or not v.strip():
+            raise ConfigError(f"--{k.replace('_', '-')} needs a value (a section of Vela's Arm/vela.ini).")
+    if given and not any(t.startswith("ethos-u") for t in targets):
+        raise ConfigError(f"--{next(iter(given)).replace('_', '-')} configures Vela and needs an Ethos-U target "
+                          "(--target ethos-u55-128, ethos-u65-256 or ethos-u85-256).")
+    return given
