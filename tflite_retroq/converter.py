@@ -68,7 +68,7 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
     """
     import tensorflow as tf
-    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches, fold_batch_reshapes
     from tflite_retroq.tflite.ranges import widen_logit_range
     if logit_range not in LOGIT_RANGE_MODES:
         raise ConfigError(f"logit_range={logit_range!r} is not valid; choose one of {', '.join(LOGIT_RANGE_MODES)}.")
@@ -93,6 +93,8 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
                                    "images.") from None
         raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {_converter_reason(e)}); "
                           "the model may use an operator TFLite cannot convert.") from None
+    if batch_size is None:  # dynamic batch without SHAPE/STRIDED_SLICE/PACK around Flatten (NPU-friendly)
+        calibrated = fold_batch_reshapes(calibrated)
     # Synthetic images are unconfident when nothing pushes them to confidence (gaussian, zeroq) or when BatchNorm
     # matching holds their features at average levels (retro on a BN model). Retro on a BN-free model is driven by
     # the class loss alone and is confident already. Measured (benchmarks/zoo_models*): widening gains 0.1-5 dB on
@@ -197,8 +199,9 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
 
 def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:
     """Plain float32 .tflite of the model (the accuracy reference on the interpreter)."""
-    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fold_batch_reshapes
     model, batch_size = as_model(model), check_batch_size(batch_size)
     conv = _keras_converter(model if batch_size is None else fixed_batch_model(model, batch_size))
     with _quiet():
-        return bytes(conv.convert())
+        out = bytes(conv.convert())
+    return fold_batch_reshapes(out) if batch_size is None else out
