@@ -139,6 +139,9 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
         # input/output_data_type (fully_quantize=True forces int8 I/O even for io='float').
         out = tfl_convert.mlir_quantize(calibrated, disable_per_channel=cfg.scheme == Scheme.PER_TENSOR,
                                         fully_quantize=False, input_data_type=io_type, output_data_type=io_type)
+        if cfg.io == IOType.UINT8:  # as TFLiteConverter does for inference_input/output_type=tf.uint8
+            from tensorflow.lite.python.util import modify_model_io_type
+            out = modify_model_io_type(bytes(out), tf.uint8, tf.uint8)
     out = bytes(out)
     _check_fully_integer(out)
     return out
