@@ -195,7 +195,7 @@ def int8_bytes(bn_model, calib_data):
 @pytest.fixture(scope="session")
 def flatten_model():
     """Conv (stride 2) -> DepthwiseConv -> Flatten -> Dense on 8x8x2: Flatten brings SHAPE/STRIDED_SLICE/PACK
-    into a dynamic-batch .tflite. Weight sizes are multiples of 16 bytes (Vela pads weight streams to 16)."""
+    into the stock converter's dynamic-batch .tflite (our export folds them). Weight sizes are multiples of 16 bytes (Vela pads weight streams to 16)."""
     keras = _keras()
     keras.utils.set_random_seed(11)
     inp = keras.Input((8, 8, 2), name="image")

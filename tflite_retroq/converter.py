@@ -172,8 +172,9 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
     tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
     `calibrate`) to skip calibration when producing several variants. `logit_range`: see
-    `calibrate`. `batch_size=1` exports a fixed batch: no SHAPE/STRIDED_SLICE/PACK around
-    Flatten (for TFLM, Vela). `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
+    `calibrate`. The default export keeps a dynamic batch with constant Flatten shapes (no
+    SHAPE/STRIDED_SLICE/PACK: one Hexagon NPU partition); `batch_size=1` fixes the batch as well.
+    `io`: 'int8' (default), 'uint8' (TFLite's inference_input_type=uint8) or 'float'. `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
     tensor (or channel) instead of a uniform grid (tflite.weight_tables). `pack="lut"`: weight
     tables packed for TFLite Micro (tflite.pack); such a file runs on TFLM, not on LiteRT.
 
