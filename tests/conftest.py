@@ -245,6 +245,18 @@ def lut_calibrated(lut_model):
     return rq.calibrate(lut_model, data), data
 
 
+def stock_int8(model, images):
+    """The stock TFLiteConverter's full-int8 export (dynamic batch: a Flatten computes its shape at run time,
+    SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE), calibrated on `images` one at a time: the independent reference."""
+    import tensorflow as tf
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x[None]] for x in images)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    return bytes(conv.convert())
+
+
 def retroq_command():
     """The `retroq` console script of this interpreter's environment (or `python -m tflite_retroq.cli`)."""
     import shutil

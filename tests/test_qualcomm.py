@@ -9,8 +9,6 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,14 +32,8 @@ def default_export(flatten_model):
 @pytest.fixture(scope="module")
 def stock_export(flatten_model):
     """The stock converter's full-int8 export of the same model: dynamic batch with run-time shape ops."""
-    import tensorflow as tf
-    images = np.random.default_rng(4).standard_normal((8, 8, 8, 2)).astype(np.float32)
-    conv = tf.lite.TFLiteConverter.from_keras_model(flatten_model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[None]] for x in images)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
-    return bytes(conv.convert())
+    from conftest import stock_int8
+    return stock_int8(flatten_model, np.random.default_rng(4).standard_normal((8, 8, 8, 2)).astype(np.float32))
 
 
 def test_the_plugin_lists_socs():
@@ -122,10 +114,10 @@ def test_bad_input(default_export):
 
 
 def _retroq(*args):
-    exe = Path(sys.executable).with_name("retroq")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "tflite_retroq.cli"]
+    from conftest import retroq_command
     env = {k: v for k, v in os.environ.items() if k != "RETROQ_TRACEBACK"}
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(retroq_command() + [str(a) for a in args], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def test_cli_inspect_qualcomm(tmp_path, stock_export):

@@ -179,20 +179,10 @@ def test_static_export_keeps_the_signature_names(flat_model, calibrations, flat_
 
 # ----------------------------------------------------------------------------- folded Flatten shapes
 
-def _plain_int8(model, images):
-    """The stock converter's full-int8 export (dynamic batch: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE)."""
-    import tensorflow as tf
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[None]] for x in images)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
-    return bytes(conv.convert())
-
-
 def test_fold_batch_reshapes_keeps_values_and_dynamic_batch(flat_model, flat_images):
     from tflite_retroq.static_shape import fold_batch_reshapes
-    plain = _plain_int8(flat_model, flat_images)
+    from conftest import stock_int8
+    plain = stock_int8(flat_model, flat_images)
     assert SHAPE_OPS <= _ops(plain)  # the problem exists in the stock converter's output
     folded = fold_batch_reshapes(plain)
     assert not SHAPE_OPS & _ops(folded) and _ops(folded) == _ops(plain) - SHAPE_OPS

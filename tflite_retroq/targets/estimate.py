@@ -1,7 +1,7 @@
 """One entry point for the CLI: a named target's estimate as a plain dict."""
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from tflite_retroq.errors import ConfigError, TargetError
 from tflite_retroq.targets.qualcomm import QUALCOMM, hexagon_estimate
@@ -17,7 +17,8 @@ def check_target(target: str) -> str:
     return target
 
 
-def estimate(model_bytes: bytes, target: str, *, system_config: str = None, memory_mode: str = None) -> dict:
+def estimate(model_bytes: bytes, target: str, *, system_config: Optional[str] = None,
+             memory_mode: Optional[str] = None) -> dict:
     """Plain-dict estimate of one named target (an Ethos-U configuration, 'tflm' or 'qualcomm-<soc>').
     `system_config` / `memory_mode` are Vela's (Arm/vela.ini) and apply to Ethos-U targets only."""
     check_target(target)

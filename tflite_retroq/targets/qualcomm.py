@@ -19,7 +19,7 @@ import tempfile
 from typing import List, Tuple
 
 from tflite_retroq.errors import TargetError
-from tflite_retroq.targets.tools import _version, last_line
+from tflite_retroq.targets.tools import Placement, _version, last_line
 from tflite_retroq.tflite import model as tfm
 
 PREFIX = "qualcomm-"
@@ -51,7 +51,7 @@ class RejectedOp:
 
 
 @dataclasses.dataclass(frozen=True)
-class HexagonEstimate:
+class HexagonEstimate(Placement):
     """What the Qualcomm compiler did with a model (sizes in bytes)."""
 
     soc: str
@@ -66,17 +66,8 @@ class HexagonEstimate:
     qnn_sdk_version: str           # the HTP SDK the plugin ran with
     onnxruntime_qnn_version: str   # the wheel that supplied the HTP host libraries
 
-    @property
-    def npu_fraction(self) -> float:
-        total = self.npu_ops + self.cpu_ops
-        return self.npu_ops / total if total else 0.0
-
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["cpu_op_types"] = list(self.cpu_op_types)
-        d["rejected"] = [r.to_dict() for r in self.rejected]
-        d["npu_fraction"] = self.npu_fraction
-        return d
+        return dict(super().to_dict(), rejected=[r.to_dict() for r in self.rejected])
 
 
 def soc_of(target: str) -> str:

@@ -12,7 +12,7 @@ import tempfile
 from typing import Dict, Optional, Tuple
 
 from tflite_retroq.errors import ConfigError, TargetError
-from tflite_retroq.targets.tools import _require, _version, last_line
+from tflite_retroq.targets.tools import Placement, _require, _version, last_line
 from tflite_retroq.tflite import model as tfm
 
 # Accelerator -> (system config, memory mode) of Vela's Arm/vela.ini. All three are the
@@ -31,7 +31,7 @@ _KIB = 1024
 # ----------------------------------------------------------------------------- Vela (Ethos-U)
 
 @dataclasses.dataclass(frozen=True)
-class VelaEstimate:
+class VelaEstimate(Placement):
     """Vela's summary of one compilation (times in seconds, sizes in bytes)."""
 
     accelerator: str
@@ -51,16 +51,6 @@ class VelaEstimate:
     cycles: int
     vela_version: str
 
-    @property
-    def npu_fraction(self) -> float:
-        total = self.npu_ops + self.cpu_ops
-        return self.npu_ops / total if total else 0.0
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["cpu_op_types"] = list(self.cpu_op_types)
-        d["npu_fraction"] = self.npu_fraction
-        return d
 
 
 def _ops_line(text: str, kind: str) -> int:
