@@ -395,7 +395,6 @@ def static_table(static: Dict) -> str:
 
 
 def write(result: Dict, started: float) -> None:
-    import tflite_retroq as rq
     from tflite_retroq.targets.vela import ETHOS_U
     skipped = {m: s for m, s in result["skipped"].items() if s}
     skip_md = ""
