@@ -55,6 +55,10 @@ def fold_batch_reshapes(model_bytes: bytes) -> bytes:
     changed = False
     for sg in m.subgraphs:
         producer = {int(o): i for i, op in enumerate(sg.operators) for o in op.outputs}
+        consumers: dict = {}
+        for op in sg.operators:
+            for i in op.inputs:
+                consumers.setdefault(int(i), set()).add(tfm.op_name(m, op))
         drop = set()
         for op in sg.operators:
             if tfm.op_name(m, op) != "RESHAPE" or len(op.inputs) < 2 or op.inputs[1] < 0:
@@ -64,8 +68,9 @@ def fold_batch_reshapes(model_bytes: bytes) -> bytes:
                                     else out.shape)]
             if (tfm.tensor_array(m, sg, shape_in) is not None or shape_in not in producer or len(sig) < 1
                     or sig[0] != -1 or any(d < 0 for d in sig[1:]) or sg.tensors[shape_in].type != 2
-                    or list(sg.tensors[shape_in].shape) != [len(sig)]):
-                continue
+                    or list(sg.tensors[shape_in].shape) != [len(sig)] or consumers[shape_in] != {"RESHAPE"}
+                    or shape_in in set(int(o) for o in sg.outputs)):
+                continue  # (another consumer, e.g. FILL or BROADCAST_TO, needs the real batch value)
             tfm.set_tensor_data(m, sg, shape_in, np.array([-1] + sig[1:], np.int32))
             if op.builtinOptions is not None and getattr(op.builtinOptions, "newShape", None) is not None:
                 op.builtinOptions.newShape = [-1] + sig[1:]
