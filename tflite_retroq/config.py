@@ -21,21 +21,38 @@ class SynthesisMode(str, enum.Enum):
 
 
 class Scheme(str, enum.Enum):
+    """Weight quantization scheme.
+
+    HYBRID is the paper's name: per-tensor, with the layers that need it per-channel
+    (methods/sensitivity.py). It is NOT TFLite's "hybrid" (dynamic-range: int8 weights, float
+    activations); every scheme here is full-integer. "mixed-channel" (Scheme.MIXED) is the
+    same scheme under a name without that clash.
+    """
+
     PER_CHANNEL = "per-channel"
     PER_TENSOR = "per-tensor"
-    HYBRID = "hybrid"  # per-tensor, with the layers that need it per-channel (sensitivity.py)
+    HYBRID = "hybrid"
+    MIXED = "hybrid"  # alias of HYBRID; the string "mixed-channel" is accepted too
+
+    @classmethod
+    def _missing_(cls, value):
+        return cls.HYBRID if value == "mixed-channel" else None
 
 
 class IOType(str, enum.Enum):
+    """Model input/output type. UINT8: TFLite's inference_input_type=uint8 (a QUANTIZE at each end:
+    the int8 model's values shifted by 128, same scale)."""
+
     INT8 = "int8"
     FLOAT = "float"
+    UINT8 = "uint8"
 
 
 def _enum(cls, value, name):
     try:
         return cls(value.value if isinstance(value, enum.Enum) else value)
     except ValueError:
-        choices = ", ".join(repr(m.value) for m in cls)
+        choices = ", ".join(repr(m.value) for m in cls) + (" (or 'mixed-channel')" if cls is Scheme else "")
         raise ConfigError(f"{name}={value!r} is not valid; choose one of {choices}.") from None
 
 

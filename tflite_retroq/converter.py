@@ -69,7 +69,7 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
     """
     import tensorflow as tf
-    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches, fold_batch_reshapes
     from tflite_retroq.tflite.ranges import widen_logit_range
     if logit_range not in LOGIT_RANGE_MODES:
         raise ConfigError(f"logit_range={logit_range!r} is not valid; choose one of {', '.join(LOGIT_RANGE_MODES)}.")
@@ -94,6 +94,8 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
                                    "images.") from None
         raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {_converter_reason(e)}); "
                           "the model may use an operator TFLite cannot convert.") from None
+    if batch_size is None:  # dynamic batch without SHAPE/STRIDED_SLICE/PACK around Flatten (NPU-friendly)
+        calibrated = fold_batch_reshapes(calibrated)
     # Synthetic images are unconfident when nothing pushes them to confidence (gaussian, zeroq) or when BatchNorm
     # matching holds their features at average levels (retro on a BN model). Retro on a BN-free model is driven by
     # the class loss alone and is confident already. Measured (benchmarks/zoo_models*): widening gains 0.1-5 dB on
@@ -139,6 +141,9 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
         # input/output_data_type (fully_quantize=True forces int8 I/O even for io='float').
         out = tfl_convert.mlir_quantize(calibrated, disable_per_channel=cfg.scheme == Scheme.PER_TENSOR,
                                         fully_quantize=False, input_data_type=io_type, output_data_type=io_type)
+        if cfg.io == IOType.UINT8:  # as TFLiteConverter does for inference_input/output_type=tf.uint8
+            from tensorflow.lite.python.util import modify_model_io_type
+            out = modify_model_io_type(bytes(out), tf.uint8, tf.uint8)
     out = bytes(out)
     _check_fully_integer(out)
     return out
@@ -169,8 +174,9 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
     tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
     `calibrate`) to skip calibration when producing several variants. `logit_range`: see
-    `calibrate`. `batch_size=1` exports a fixed batch: no SHAPE/STRIDED_SLICE/PACK around
-    Flatten (for TFLM, Vela). `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
+    `calibrate`. The default export keeps a dynamic batch with constant Flatten shapes (no
+    SHAPE/STRIDED_SLICE/PACK: one Hexagon NPU partition); `batch_size=1` fixes the batch as well.
+    `io`: 'int8' (default), 'uint8' (TFLite's inference_input_type=uint8) or 'float'. `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
     tensor (or channel) instead of a uniform grid (tflite.weight_tables). `pack="lut"`: weight
     tables packed for TFLite Micro (tflite.pack); such a file runs on TFLM, not on LiteRT.
 
@@ -201,8 +207,9 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
 
 def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:
     """Plain float32 .tflite of the model (the accuracy reference on the interpreter)."""
-    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fold_batch_reshapes
     model, batch_size = as_model(model), check_batch_size(batch_size)
     conv = _keras_converter(model if batch_size is None else fixed_batch_model(model, batch_size))
     with _quiet():
-        return bytes(conv.convert())
+        out = bytes(conv.convert())
+    return fold_batch_reshapes(out) if batch_size is None else out

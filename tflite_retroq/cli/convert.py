@@ -13,7 +13,7 @@ from tflite_retroq.errors import ConfigError
 
 def cmd_convert(args: Sequence[str]) -> int:
     model_path = positional("convert", args, "a Keras model file (MODEL.keras)")
-    hcfg = hybrid_config(flag("scheme") == "hybrid")
+    hcfg = hybrid_config(flag("scheme") in ("hybrid", "mixed-channel"))
     data_file = flag("data-file")
     if data_file is not None:
         if present("data"):
