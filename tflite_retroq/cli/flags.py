@@ -26,6 +26,7 @@ usage:
                     [--scheme per-channel|per-tensor|hybrid [--threshold TH] [--max-per-channel N]
                     [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
                     [--io int8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
+                    [--allow-float-ops]
   retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
                     [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [synthesis and input flags]
   retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
@@ -76,6 +77,8 @@ convert flags:
   --report PATH         also write a JSON report (config, input space, synthesis, layers, hybrid plan)
   --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
                         SHAPE/STRIDED_SLICE/PACK ops around Flatten/Reshape
+  --allow-float-ops     keep ops TFLite cannot quantize in float (listed on one line and in the
+                        report) instead of refusing the model; int8-only NPUs cannot run them
 
 analyze flags:
   -o DIR                writes DIR/sensitivity.json, .md and .png (DIR is created if missing)
@@ -116,6 +119,7 @@ flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) we
 flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
 flags.DEFINE_enum("io", "int8", ["int8", "float"], "convert: model input/output type.")
 flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
+flags.DEFINE_boolean("allow-float-ops", False, "convert: keep ops without int8 kernels in float.")
 flags.DEFINE_list("input-mean", None, "Per-channel mean: model_input = (pixel - mean) / std.")
 flags.DEFINE_list("input-std", None, "Per-channel std: model_input = (pixel - mean) / std.")
 flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in this range.")
@@ -146,7 +150,8 @@ INPUT_FLAGS = ("input-mean", "input-std", "input-range")
 ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "fc-per-tensor",
-                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", *SYNTH_FLAGS, *INPUT_FLAGS},
+                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", "allow-float-ops",
+                *SYNTH_FLAGS, *INPUT_FLAGS},
     "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
                 "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "inspect": {"json", "target"},
