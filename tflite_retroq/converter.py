@@ -14,8 +14,10 @@ import numpy as np
 
 from tflite_retroq.config import IOType, QuantizationConfig, Scheme
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import ConfigError, DataError, OutOfMemoryError, RetroQError, is_out_of_memory, one_line
+from tflite_retroq.errors import (ConfigError, DataError, OutOfMemoryError, QuantizationError, RetroQError,
+                                  is_out_of_memory, one_line)
 from tflite_retroq.model.loading import as_model
+from tflite_retroq.model.rewrite import int8_friendly
 from tflite_retroq.model.validation import validate_classifier
 from tflite_retroq.tflite.model import verify
 
@@ -76,6 +78,7 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     batch_size = check_batch_size(batch_size)
     model = as_model(model)
     info = validate_classifier(model)
+    model = int8_friendly(model)  # LayerNormalization without NEG, which has no int8 kernel (model/rewrite.py)
     gen = _as_generator(data, info.input_shape)
     if batch_size is not None:
         model, gen = fixed_batch_model(model, batch_size), fixed_batches(gen, batch_size)
@@ -126,8 +129,12 @@ def _converter_reason(error: Exception) -> str:
 
 
 def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.PER_CHANNEL,
-                        io: Union[str, IOType] = IOType.INT8) -> bytes:
-    """Full-integer int8 model from a calibrated float model (see `calibrate`)."""
+                        io: Union[str, IOType] = IOType.INT8, *, allow_float_ops: bool = False) -> bytes:
+    """Full-integer int8 model from a calibrated float model (see `calibrate`).
+
+    An op TFLite cannot quantize stays float between DEQUANTIZE and QUANTIZE; that is refused
+    unless `allow_float_ops` (int8-only accelerators cannot run it: tflite.inspect.float_ops).
+    """
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
     cfg = QuantizationConfig(scheme=scheme, io=io)
@@ -145,30 +152,26 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
             from tensorflow.lite.python.util import modify_model_io_type
             out = modify_model_io_type(bytes(out), tf.uint8, tf.uint8)
     out = bytes(out)
-    _check_fully_integer(out)
+    if not allow_float_ops:
+        _check_fully_integer(out)
     return out
 
 
 def _check_fully_integer(model_bytes: bytes) -> None:
     """Refuse a result in which some op still computes in float (it would not run on an int8-only delegate)."""
-    from tflite_retroq.tflite import model as tfm
-    m = tfm.read(model_bytes)
-    for sg in m.subgraphs:
-        for op in sg.operators:
-            name = tfm.op_name(m, op)
-            if name in ("QUANTIZE", "DEQUANTIZE"):
-                continue
-            for i in list(op.inputs) + list(op.outputs):
-                if i >= 0 and sg.tensors[i].type == 0:  # FLOAT32
-                    raise RetroQError(f"Operator {name} ({tfm.tensor_name(sg.tensors[op.outputs[0]])}) could not be "
-                                      "quantized to int8; replace it or keep it out of the model.")
+    from tflite_retroq.tflite.inspect import float_ops
+    found = float_ops(model_bytes)
+    if found:
+        raise QuantizationError(f"Operator{'s' if len(found) > 1 else ''} {', '.join(found)} could not be quantized "
+                                "to int8; replace them, or keep them float with allow_float_ops=True (--allow-float-ops): "
+                                "int8-only accelerators cannot run such a file.")
 
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
             io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto",
             batch_size: Optional[int] = None, nonuniform: bool = False, pack: Optional[str] = None,
             threshold: Optional[float] = None, max_per_channel: Optional[int] = None,
-            fully_connected_per_tensor: bool = False, plan=None) -> bytes:
+            fully_connected_per_tensor: bool = False, plan=None, allow_float_ops: bool = False) -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
@@ -184,6 +187,9 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     (KL_PT - KL_PC on `data`, at `weight_bits`) exceeds `threshold` (default 0), at most
     `max_per_channel` of them, FULLY_CONNECTED excluded if `fully_connected_per_tensor`;
     or exactly the layers of a precomputed `plan` (sensitivity.HybridPlan).
+
+    `allow_float_ops=True` keeps an op TFLite cannot quantize in float instead of refusing the
+    model (`tflite.inspect.float_ops` lists them); LayerNormalization is rewritten so it needs none.
     """
     from tflite_retroq.methods import hybrid
     from tflite_retroq.static_shape import check_calibrated_batch
@@ -197,7 +203,8 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     else:
         calibrated = verify(calibrated, "calibrated=")  # before any native code parses the caller's bytes
     check_calibrated_batch(calibrated, batch_size)
-    quantized = quantize_calibrated(calibrated, Scheme.PER_TENSOR if hcfg is not None else cfg.scheme, cfg.io)
+    quantized = quantize_calibrated(calibrated, Scheme.PER_TENSOR if hcfg is not None else cfg.scheme, cfg.io,
+                                    allow_float_ops=allow_float_ops)
     if hcfg is not None:
         quantized = hybrid.hybrid(model, data, quantized, calibrated, hcfg, weight_bits=cfg.weight_bits, plan=plan)
     if cfg.weight_bits != 8 and not nonuniform:

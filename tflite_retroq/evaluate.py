@@ -85,7 +85,8 @@ def keras_outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarra
     """
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    from tflite_retroq.model.saved_model import compiles_with_xla
+    fn = tf.function(lambda x: model(x, training=False), jit_compile=compiles_with_xla(model))
     images = np.asarray(images, np.float32)
     batch_size = min(batch_size, len(images))
     out = []

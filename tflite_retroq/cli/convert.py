@@ -57,7 +57,7 @@ def cmd_convert(args: Sequence[str]) -> int:
         seconds["sensitivity"] = time.perf_counter() - t2
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
                      calibrated=calibrated, batch_size=static_batch, nonuniform=flag("nonuniform"),
-                     pack=flag("pack"), plan=plan)
+                     pack=flag("pack"), plan=plan, allow_float_ops=flag("allow-float-ops"))
     seconds["conversion"] = time.perf_counter() - t1 - seconds.get("sensitivity", 0.0)
     t3 = time.perf_counter()
     quality = None
@@ -107,6 +107,10 @@ def cmd_convert(args: Sequence[str]) -> int:
         if quality.warning():
             import warnings
             warnings.warn(quality.warning())  # one `retroq: warning:` line on stderr, after success
+    if flag("allow-float-ops"):
+        from tflite_retroq.tflite.inspect import FLOAT_OPS_NOTE, float_ops
+        kept = float_ops(tflite)
+        say(f"float ops kept: {', '.join(kept)}; {FLOAT_OPS_NOTE}" if kept else "float ops kept: none (fully integer)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
     kind = f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
     scheme = qcfg.scheme.value if plan is None else f"hybrid: {len(plan.per_channel)}/{plan.num_layers} per-channel"

@@ -28,6 +28,7 @@ _USAGE_LINES = {
                     [--scheme per-channel|per-tensor|hybrid|mixed-channel [--threshold TH] [--max-per-channel N]
                     [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
                     [--io int8|uint8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
+                    [--allow-float-ops]
 """,
     "analyze": """  retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
                     [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [synthesis and input flags]
@@ -86,6 +87,8 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
   --static-batch N      fix the batch dimension at N (what MLPerf's models do). Not needed for NPUs:
                         the default dynamic-batch export already has constant Flatten shapes
                         (no SHAPE/STRIDED_SLICE/PACK: one Hexagon partition, all-NPU on Ethos-U)
+  --allow-float-ops     keep ops TFLite cannot quantize in float (listed on one line and in the
+                        report) instead of refusing the model; int8-only NPUs cannot run them
 """),
     (("analyze",), """analyze flags:
   -o DIR                writes DIR/sensitivity.json, .md and .png (DIR is created if missing)
@@ -146,6 +149,7 @@ flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) we
 flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
 flags.DEFINE_enum("io", "int8", ["int8", "float", "uint8"], "convert: model input/output type.")
 flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
+flags.DEFINE_boolean("allow-float-ops", False, "convert: keep ops without int8 kernels in float.")
 flags.DEFINE_list("input-mean", None, "Per-channel mean: model_input = (pixel - mean) / std.")
 flags.DEFINE_list("input-std", None, "Per-channel std: model_input = (pixel - mean) / std.")
 flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in this range.")
@@ -179,7 +183,8 @@ INPUT_FLAGS = ("input-mean", "input-std", "input-range")
 ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "fc-per-tensor",
-                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", *SYNTH_FLAGS, *INPUT_FLAGS},
+                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", "allow-float-ops",
+                *SYNTH_FLAGS, *INPUT_FLAGS},
     "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
                 "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "inspect": {"json", "target", "system-config", "memory-mode"},

@@ -61,6 +61,8 @@ def format_inspect(info: Dict, name_width: int = 36) -> str:
     ops = ", ".join(f"{k} x{v}" for k, v in info["op_counts"].items()) or "none"
     out = [f"model size: {info['size_bytes']} bytes, {info['subgraphs']} subgraph(s), {info['num_ops']} ops ({ops})"]
     out += [_io_line("input", t) for t in info["inputs"]] + [_io_line("output", t) for t in info["outputs"]]
+    if info.get("float_ops"):
+        out.append(f"float ops: {', '.join(info['float_ops'])}; {info['float_ops_note']}")
     out.append("")
     out.append("tensors (quantized or constant):")
     rows = [[str(t["index"]), _short(t["name"], name_width), t["role"], _short(t["op"], 28), t["dtype"],
