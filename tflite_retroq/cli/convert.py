@@ -28,6 +28,10 @@ def cmd_convert(args: Sequence[str]) -> int:
     if bits not in (8, 6, 4):
         raise ConfigError(f"--weight-bits {bits} is not supported; choose 8, 6 or 4.")
     qcfg = QuantizationConfig(scheme=flag("scheme"), weight_bits=bits, io=flag("io"))
+    from tflite_retroq.methods.rounding import check_rounding
+    from tflite_retroq.tflite.int4 import check_weight_dtype
+    check_rounding(flag("rounding"), flag("nonuniform"))  # option clashes refused before TensorFlow loads
+    check_weight_dtype(flag("weight-dtype"), bits, flag("nonuniform"), flag("pack"))
     static_batch = static_batch_flag()
     scfg = synthesis_config(flag("data") or DEFAULTS.mode.value) if data_file is None else None
     spec = input_spec()
@@ -57,7 +61,8 @@ def cmd_convert(args: Sequence[str]) -> int:
         seconds["sensitivity"] = time.perf_counter() - t2
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
                      calibrated=calibrated, batch_size=static_batch, nonuniform=flag("nonuniform"),
-                     pack=flag("pack"), plan=plan)
+                     pack=flag("pack"), plan=plan, rounding=flag("rounding"), weight_dtype=flag("weight-dtype"),
+                     progress=not flag("quiet"))
     seconds["conversion"] = time.perf_counter() - t1 - seconds.get("sensitivity", 0.0)
     seconds["total"] = time.perf_counter() - t0
 
@@ -76,7 +81,8 @@ def cmd_convert(args: Sequence[str]) -> int:
             model_path=model_path, output_path=output, data_source=source,
             quantization=dict(qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
                               **({"nonuniform": True} if flag("nonuniform") else {}),
-                              **({"pack": flag("pack")} if flag("pack") else {})),
+                              **({"pack": flag("pack")} if flag("pack") else {}),
+                              rounding=flag("rounding"), weight_dtype=flag("weight-dtype")),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
             inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens)))
         # Both files are fully written to temporaries before either is renamed into place.
@@ -95,7 +101,9 @@ def cmd_convert(args: Sequence[str]) -> int:
              f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
              "than real ones)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
-    kind = f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
+    kind = (f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
+            f"{', learned rounding' if flag('rounding') == 'learned' else ''}"
+            f"{', INT4 weights' if flag('weight-dtype') == 'int4' else ''}")
     scheme = qcfg.scheme.value if plan is None else f"hybrid: {len(plan.per_channel)}/{plan.num_layers} per-channel"
     say(f"wrote {output}: {len(tflite)} bytes ({scheme}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"

@@ -25,6 +25,7 @@ usage:
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
                     [--scheme per-channel|per-tensor|hybrid [--threshold TH] [--max-per-channel N]
                     [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
+                    [--rounding learned] [--weight-dtype int4]
                     [--io int8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
   retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
                     [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [synthesis and input flags]
@@ -72,6 +73,11 @@ convert flags:
   --pack lut            store weight tensors as B-bit indices + value tables (TFLite Micro
                         LUT compression): the file shrinks but runs on TFLite Micro ONLY,
                         not on LiteRT
+  --rounding R          nearest (default) or learned: each weight's rounding and each bias
+                        learned layer by layer to reproduce the float outputs on the
+                        calibration images (4-bit weights keep float accuracy; minutes)
+  --weight-dtype T      int8 (default) or int4: store 4-bit weights two per byte (needs
+                        --weight-bits 4; runs on LiteRT, about half the file)
   --io T                int8 (default) or float model inputs/outputs
   --report PATH         also write a JSON report (config, input space, synthesis, layers, hybrid plan)
   --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
@@ -114,6 +120,9 @@ flags.DEFINE_boolean("fc-per-tensor", False, "hybrid: keep FULLY_CONNECTED layer
 flags.DEFINE_integer("weight-bits", 8, "convert: weight bits, 8, 6 or 4.")
 flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) weight levels.")
 flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
+flags.DEFINE_enum("rounding", "nearest", ["nearest", "learned"],
+                  "convert: weight rounding, nearest or learned on the calibration images.")
+flags.DEFINE_enum("weight-dtype", "int8", ["int8", "int4"], "convert: weight storage (int4 needs --weight-bits 4).")
 flags.DEFINE_enum("io", "int8", ["int8", "float"], "convert: model input/output type.")
 flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
 flags.DEFINE_list("input-mean", None, "Per-channel mean: model_input = (pixel - mean) / std.")
@@ -146,7 +155,8 @@ INPUT_FLAGS = ("input-mean", "input-std", "input-range")
 ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "fc-per-tensor",
-                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", *SYNTH_FLAGS, *INPUT_FLAGS},
+                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", "rounding",
+                "weight-dtype", *SYNTH_FLAGS, *INPUT_FLAGS},
     "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
                 "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "inspect": {"json", "target"},
