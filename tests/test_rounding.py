@@ -11,7 +11,7 @@ import pytest
 from tflite_retroq.errors import ConfigError
 from tflite_retroq.tflite import model as tfm
 
-ITERATIONS = 150
+ITERATIONS = 60
 
 
 @pytest.fixture(scope="module")

@@ -61,8 +61,13 @@ def cmd_convert(args: Sequence[str]) -> int:
         seconds["sensitivity"] = time.perf_counter() - t2
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
                      calibrated=calibrated, batch_size=static_batch, nonuniform=flag("nonuniform"),
-                     pack=flag("pack"), plan=plan, rounding=flag("rounding"), weight_dtype=flag("weight-dtype"),
+                     plan=plan, rounding=flag("rounding"), weight_dtype=flag("weight-dtype"),
                      progress=not flag("quiet"))
+    arena_note = None
+    if flag("pack") == "lut":  # packed here, so the plain twin's TFLM arena can be set beside the packed one
+        from tflite_retroq.tflite.pack import pack_lut
+        plain, tflite = tflite, pack_lut(tflite)
+        arena_note = lut_arena_note(plain, tflite, static_batch)
     seconds["conversion"] = time.perf_counter() - t1 - seconds.get("sensitivity", 0.0)
     seconds["total"] = time.perf_counter() - t0
 
@@ -109,7 +114,29 @@ def cmd_convert(args: Sequence[str]) -> int:
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
          + (f"; report {report_path}" if report_path else "")
          + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if flag("pack") else ""))
+    if arena_note:
+        say(arena_note)
     return 0
+
+
+def lut_arena_note(plain: bytes, packed: bytes, static_batch) -> str:
+    """The TFLM tensor arena of the plain and the packed file beside their sizes: LUT packing decodes
+    weights into the arena, so RAM can grow by more than flash shrinks; warn when it does."""
+    saved = len(plain) - len(packed)
+    if static_batch != 1:
+        return (f"LUT packing saved {saved} bytes of flash; the TFLite Micro arena was not measured (it needs a "
+                "batch-1 model: add --static-batch 1)")
+    from tflite_retroq.errors import RetroQError
+    from tflite_retroq.targets.tflm import tflm_run
+    try:
+        a0, a1 = tflm_run(plain).arena_bytes, tflm_run(packed).arena_bytes
+    except RetroQError as e:
+        return f"LUT packing saved {saved} bytes of flash; TFLite Micro arena not measured ({e})"
+    text = f"TFLite Micro: file {len(plain)} -> {len(packed)} bytes, tensor arena {a0} -> {a1} bytes"
+    if a1 - a0 > saved:
+        text += (f"; warning: the arena grows by {a1 - a0} bytes, more than the {saved} bytes of flash saved "
+                 "(weights are decoded into RAM)")
+    return text
 
 
 def hybrid_report(plan, sens) -> dict:
