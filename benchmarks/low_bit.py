@@ -1,6 +1,6 @@
 """Do 4- and 6-bit weights keep float accuracy without data? Nearest vs learned rounding, synthetic vs real.
 
-Per model: one retro synthesis (package defaults) and 256 real training images; each calibrated once;
+Per model: one retro synthesis (256 images, 30 steps, no time budget) and 256 real training images; each calibrated once;
 from each calibration W8/W6/W4 (int8 activations, per-channel) with rounding "nearest" and "learned"
 (`--learned_bits`). Per row: top-1 on real test images (agreement only for VWW, whose zoo images are
 CIFAR pictures), agreement / logit SQNR vs FP32, conversion seconds (calibration excluded, learned
@@ -35,6 +35,8 @@ flags.DEFINE_list("sources", ["synthetic", "real"], "Calibration data: synthetic
 flags.DEFINE_integer("eval_images", 1017, "Test images evaluated (Fashion: the first N of 10000).")
 flags.DEFINE_bool("peer", True, "Also run ai-edge-quantizer on the same images.")
 flags.DEFINE_bool("arena", True, "Measure the TFLM arena (plain vs LUT-packed W4, batch 1).")
+flags.DEFINE_integer("synth_images", 256, "Synthetic images (retro, package defaults otherwise).")
+flags.DEFINE_integer("synth_iterations", 30, "Synthesis steps, fixed (no time budget) so a rerun is the same run.")
 flags.DEFINE_bool("quick", False, "Smoke test: tiny synthesis, 64 real images, 100 eval images, W4 only.")
 flags.DEFINE_string("merge", None, "Comma-separated result dirs to merge into --out (no conversion).")
 flags.DEFINE_string("out", common.DEFAULT_OUT, "Results directory.")
@@ -139,7 +141,8 @@ def run_model(key: str) -> Dict:
     for source in FLAGS.sources:
         t0 = time.perf_counter()
         if source == "synthetic":
-            cfg = rq.SynthesisConfig(samples_per_class=2, iterations=5) if FLAGS.quick else rq.SynthesisConfig()
+            cfg = rq.SynthesisConfig(samples_per_class=2, iterations=5) if FLAGS.quick else rq.SynthesisConfig(
+                images=FLAGS.synth_images, iterations=FLAGS.synth_iterations, time_budget=None)
             data = rq.synthesize(model, cfg, input_spec=spec, progress=False)
         else:
             data = rq.SyntheticDataset.from_images(real[:64] if FLAGS.quick else real)

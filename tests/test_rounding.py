@@ -107,3 +107,22 @@ def test_options_refused(bn_model, calib_data):
         rq.convert(bn_model, calib_data, weight_bits=4, nonuniform=True, rounding="learned")
     with pytest.raises(ConfigError, match="iterations"):
         RoundingConfig(iterations=-1)
+
+
+def test_cli_learned_int4(bn_model, calib_data, tmp_path):
+    """`retroq convert --rounding learned --weight-dtype int4` writes an INT4 file; clashes exit 2 before TF."""
+    import subprocess
+    from conftest import retroq_command
+    model_path, data_path, out = tmp_path / "m.keras", tmp_path / "d.npz", tmp_path / "m4.tflite"
+    bn_model.save(model_path)
+    calib_data.save(str(data_path))
+    proc = subprocess.run(retroq_command() + ["convert", str(model_path), "-o", str(out), "--data-file", str(data_path),
+                                              "--weight-bits", "4", "--rounding", "learned", "--weight-dtype", "int4",
+                                              "--quiet"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "learned rounding" in proc.stdout and "INT4 weights" in proc.stdout, proc.stdout
+    m = tfm.read(out.read_bytes())
+    assert {m.subgraphs[0].tensors[w.weight].type for w in tfm.weight_ops(m)} == {tfm.INT4}
+    bad = subprocess.run(retroq_command() + ["convert", str(model_path), "-o", str(tmp_path / "x.tflite"),
+                                             "--weight-dtype", "int4"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "weight_bits=4" in bad.stderr and not (tmp_path / "x.tflite").exists()

@@ -30,7 +30,7 @@ class LayerOp:
     out_range: Tuple[float, float] = (-np.inf, np.inf)   # what the int8 output tensor can hold
 
     @classmethod
-    def from_tflite(cls, model, op, kind: str, out_range: Tuple[float, float]) -> "LayerOp":
+    def from_tflite(cls, op, kind: str, out_range: Tuple[float, float]) -> "LayerOp":
         o = op.builtinOptions
         act = int(getattr(o, "fusedActivationFunction", 0) or 0)
         if kind == "FULLY_CONNECTED":

@@ -166,7 +166,7 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
         wt = sg.tensors[wop.weight]
         scale = tfm.scales(wt)
         dim = channel_dim(wop.kind) if scale.size > 1 else None
-        op = LayerOp.from_tflite(qm, sg.operators[wop.index], wop.kind, _out_range(sg.tensors[_out_index(qm, wop)]))
+        op = LayerOp.from_tflite(sg.operators[wop.index], wop.kind, _out_range(sg.tensors[_out_index(qm, wop)]))
         x = capture(tfm.write(qm), images, [wop.input])[wop.input]
         y = np.clip(float_out[_out_index(cal, fop)], *op.out_range)
         nearest = tfm.tensor_array(qm, sg, wop.weight).astype(np.float32)
@@ -189,7 +189,8 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
         layers.append(LayerRounding(wop.output_name, wop.kind, codes, bias if wop.bias >= 0 else None,
                                     err0, min(err0, err1), keep, steps))
         if progress:
-            print(f"rounding {len(layers)}/{len(pairs)} {wop.kind} {wop.output_name}: error {err0:.4g} -> "
+            name = wop.output_name.split(";")[0][-60:]  # fused ops carry every folded name; the first says enough
+            print(f"rounding {len(layers)}/{len(pairs)} {wop.kind} {name}: {steps} steps, error {err0:.4g} -> "
                   f"{min(err0, err1):.4g}{' (kept nearest)' if keep else ''}", file=sys.stderr, flush=True)
     out = tfm.write(qm)
     return (out, layers) if return_layers else out
