@@ -25,6 +25,7 @@ from tflite_retroq.quality import QualityEstimate, estimate_quality, holdout_ima
 from tflite_retroq.config import HybridConfig
 from tflite_retroq.methods.plan import HybridPlan, LayerSensitivity, SensitivityResult, select_layers
 from tflite_retroq.methods.sensitivity import analyze_sensitivity
+from tflite_retroq.methods.rounding import RoundingConfig
 
 
 def representative_dataset(data: SyntheticDataset, batch_size: int = 1):
@@ -38,6 +39,7 @@ __all__ = [
     "synthesize", "convert", "calibrate", "quantize_calibrated", "float_tflite", "representative_dataset",
     "evaluate", "run_tflite", "EvalResult", "fold_batchnorm", "load_model", "SyntheticDataset",
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
+    "RoundingConfig",
     "analyze_sensitivity", "select_layers", "SensitivityResult", "LayerSensitivity", "HybridPlan", "HybridConfig",
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
     "OutOfMemoryError", "QuantizationError",

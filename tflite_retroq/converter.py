@@ -171,7 +171,9 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
             io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto",
             batch_size: Optional[int] = None, nonuniform: bool = False, pack: Optional[str] = None,
             threshold: Optional[float] = None, max_per_channel: Optional[int] = None,
-            fully_connected_per_tensor: bool = False, plan=None, allow_float_ops: bool = False) -> bytes:
+            fully_connected_per_tensor: bool = False, plan=None, allow_float_ops: bool = False,
+            rounding: str = "nearest", weight_dtype: str = "int8", rounding_config=None,
+            progress: bool = False) -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
@@ -190,11 +192,19 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
 
     `allow_float_ops=True` keeps an op TFLite cannot quantize in float instead of refusing the
     model (`tflite.inspect.float_ops` lists them); LayerNormalization is rewritten so it needs none.
+    `rounding="learned"`: each weight's rounding (up or down) and each bias learned layer by layer to
+    reconstruct the float outputs on the images of `data` (methods.rounding; `rounding_config` a
+    RoundingConfig; progress on stderr with `progress=True`). `weight_dtype="int4"` (needs
+    weight_bits=4) stores the weights as INT4, two per byte, which LiteRT runs (tflite.int4).
     """
     from tflite_retroq.methods import hybrid
     from tflite_retroq.static_shape import check_calibrated_batch
     from tflite_retroq.tflite.weight_tables import check_options, finish
     check_options(nonuniform, pack, weight_bits)
+    from tflite_retroq.methods.rounding import check_rounding, learned_rounding
+    from tflite_retroq.tflite.int4 import check_weight_dtype, to_int4
+    check_rounding(rounding, nonuniform)
+    check_weight_dtype(weight_dtype, weight_bits, nonuniform, pack)
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     hcfg = hybrid.hybrid_config(cfg.scheme, threshold, max_per_channel, fully_connected_per_tensor, plan)
@@ -209,7 +219,12 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
         quantized = hybrid.hybrid(model, data, quantized, calibrated, hcfg, weight_bits=cfg.weight_bits, plan=plan)
     if cfg.weight_bits != 8 and not nonuniform:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
-    return finish(quantized, calibrated, cfg.weight_bits, nonuniform, pack)
+    if rounding == "learned":
+        info = validate_classifier(as_model(model))
+        images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)
+        quantized = learned_rounding(quantized, calibrated, images, cfg.weight_bits, rounding_config, progress)
+    quantized = finish(quantized, calibrated, cfg.weight_bits, nonuniform, pack)
+    return to_int4(quantized) if weight_dtype == "int4" else quantized
 
 
 def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:

@@ -27,6 +27,7 @@ _USAGE_LINES = {
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
                     [--scheme per-channel|per-tensor|hybrid|mixed-channel [--threshold TH] [--max-per-channel N]
                     [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
+                    [--rounding learned] [--weight-dtype int4]
                     [--io int8|uint8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
                     [--allow-float-ops]
 """,
@@ -81,6 +82,11 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
   --pack lut            store weight tensors as B-bit indices + value tables (TFLite Micro
                         LUT compression): the file shrinks but runs on TFLite Micro ONLY,
                         not on LiteRT
+  --rounding R          nearest (default) or learned: each weight's rounding and each bias
+                        learned layer by layer to reproduce the float outputs on the
+                        calibration images (4-bit weights keep float accuracy; minutes)
+  --weight-dtype T      int8 (default) or int4: store 4-bit weights two per byte (needs
+                        --weight-bits 4; runs on LiteRT, about half the file)
   --io T                int8 (default), uint8 (TFLite's inference_input_type=uint8: the int8 model's
                         values + 128, same scales) or float model inputs/outputs
   --report PATH         also write a JSON report (config, input space, synthesis, layers, hybrid plan)
@@ -147,6 +153,9 @@ flags.DEFINE_boolean("fc-per-tensor", False, "hybrid: keep FULLY_CONNECTED layer
 flags.DEFINE_integer("weight-bits", 8, "convert: weight bits, 8, 6 or 4.")
 flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) weight levels.")
 flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
+flags.DEFINE_enum("rounding", "nearest", ["nearest", "learned"],
+                  "convert: weight rounding, nearest or learned on the calibration images.")
+flags.DEFINE_enum("weight-dtype", "int8", ["int8", "int4"], "convert: weight storage (int4 needs --weight-bits 4).")
 flags.DEFINE_enum("io", "int8", ["int8", "float", "uint8"], "convert: model input/output type.")
 flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
 flags.DEFINE_boolean("allow-float-ops", False, "convert: keep ops without int8 kernels in float.")
@@ -184,7 +193,7 @@ ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "fc-per-tensor",
                 "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", "allow-float-ops",
-                *SYNTH_FLAGS, *INPUT_FLAGS},
+                "rounding", "weight-dtype", *SYNTH_FLAGS, *INPUT_FLAGS},
     "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
                 "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "inspect": {"json", "target", "system-config", "memory-mode"},
