@@ -62,7 +62,7 @@ class SynthesisConfig:
     samples_per_class: Optional[int] = None
     batch_size: Optional[int] = None
     iterations: Optional[int] = None
-    time_budget: Optional[float] = 30.0
+    time_budget: Optional[float] = None
     learning_rate: float = 0.1
     bn_weight: float = 1.0
     prior_weight: float = 1.0
@@ -73,8 +73,11 @@ class SynthesisConfig:
 
     DEFAULT_IMAGES: ClassVar[int] = 256
     DEFAULT_ITERATIONS: ClassVar[int] = 100
-    MIN_IMAGES: ClassVar[int] = 64      # the time budget never cuts defaults below these
-    MIN_ITERATIONS: ClassVar[int] = 30
+    MIN_IMAGES: ClassVar[int] = 64      # the work plan (or a time budget) never cuts defaults below these
+    MIN_ITERATIONS: ClassVar[int] = 20
+    # Default work: image-iterations x forward FLOPs per image at most this (synthesis.plan_work). A count,
+    # not a clock: ResNet-20 (82 MFLOP) gets 96 images x 20 iterations, a 25 MFLOP ResNet-8 256 x 30.
+    WORK_FLOPS: ClassVar[int] = 200_000_000_000
     MAX_AUTO_BATCH: ClassVar[int] = 128
 
     def __post_init__(self):
