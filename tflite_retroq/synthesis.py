@@ -28,7 +28,7 @@ from tflite_retroq import resources
 
 
 def make_targets(labels: np.ndarray, num_classes: int, rng: np.random.Generator,
-                 confidence=(0.6, 0.95)) -> np.ndarray:
+                 confidence=SynthesisConfig.target_confidence) -> np.ndarray:
     """A random probability vector per image whose argmax is the image's class.
 
     The true class gets p in [lo, hi); the rest is shared randomly, so with lo > 0.5
