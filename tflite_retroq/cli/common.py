@@ -42,3 +42,5 @@ def say(text: str) -> None:
 def say_input_space(data) -> None:
     """The one assumption a data-free tool cannot check against data: said on its own line (after
     success, so a failed run's stdout stays empty), and recorded in the dataset and the report."""
+    space = data.metadata.get("input_space")
+    say(f"input space: {space.get('source', 'unknown') if isinstance(space, dict) else 'unknown'}")

@@ -199,10 +199,10 @@ def input_spec() -> Optional[InputSpec]:
 
 def synthesis_config(mode: str) -> SynthesisConfig:
     kw = {"mode": mode}
-    for flag, field in (("images", "images"), ("samples", "samples_per_class"), ("batch-size", "batch_size"),
+    for name, field in (("images", "images"), ("samples", "samples_per_class"), ("batch-size", "batch_size"),
                         ("iterations", "iterations"), ("seed", "seed")):
-        if flag(flag) is not None:
-            kw[field] = flag(flag)
+        if flag(name) is not None:
+            kw[field] = flag(name)
     if flag("time-budget") is not None:
         kw["time_budget"] = flag("time-budget") or None
     if kw.get("seed", 0) < 0:
