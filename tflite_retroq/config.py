@@ -72,7 +72,6 @@ class SynthesisConfig:
     # images whose pooled features and logits span half real data's range (benchmarks/results/zoo_models.md).
     target_confidence: Tuple[float, float] = (0.9, 0.99)
     seed: int = 0
-    init: str = "white"
 
     DEFAULT_IMAGES: ClassVar[int] = 256
     DEFAULT_ITERATIONS: ClassVar[int] = 100
@@ -119,8 +118,6 @@ class SynthesisConfig:
         if not 0.5 < lo <= hi < 1.0:
             raise ConfigError(f"target_confidence={self.target_confidence!r} must satisfy 0.5 < LO <= HI < 1.")
         object.__setattr__(self, "target_confidence", (lo, hi))
-        if self.init not in ("white", "smooth"):
-            raise ConfigError(f"init={self.init!r} is not valid; choose 'white' or 'smooth'.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed={self.seed!r} must be an integer.")
 

@@ -221,35 +221,9 @@ def _synthesize(model, config: SynthesisConfig, input_spec: Optional[InputSpec],
     return SyntheticDataset(images=images, labels=labels, metadata=meta, loss_history=history)
 
 
-def _initial(rng: np.random.Generator, n: int, shape, zlo, zhi, init: str = "white") -> np.ndarray:
-    z0 = (smooth_noise(rng, n, shape) if init == "smooth" and len(shape) == 3 else
-          rng.standard_normal((n,) + tuple(shape))).astype(np.float32)
+def _initial(rng: np.random.Generator, n: int, shape, zlo, zhi) -> np.ndarray:
+    z0 = rng.standard_normal((n,) + tuple(shape)).astype(np.float32)
     return np.clip(z0, zlo, zhi) if zlo is not None else z0
-
-
-def _resize_linear(a: np.ndarray, size: int, axis: int) -> np.ndarray:
-    """Linear interpolation of `a` along `axis` to `size` samples (pixel centres aligned)."""
-    n = a.shape[axis]
-    pos = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
-    i0 = np.floor(pos).astype(int)
-    i1 = np.minimum(i0 + 1, n - 1)
-    w = (pos - i0).reshape([-1 if d == axis else 1 for d in range(a.ndim)])
-    return np.take(a, i0, axis=axis) * (1 - w) + np.take(a, i1, axis=axis) * w
-
-
-def smooth_noise(rng: np.random.Generator, n: int, shape) -> np.ndarray:
-    """N(0, 1) per pixel, but spatially correlated like natural images: equal power per octave (a 1/f
-    amplitude spectrum), i.e. the sum of white noise drawn at 1, 1/2, 1/4, ... resolution, upsampled,
-    then standardized per channel. Real images' features are spatially consistent; white noise's are not."""
-    h, w, c = (int(d) for d in shape)
-    total = np.zeros((n, h, w, c), np.float64)
-    s = 1
-    while s == 1 or min(h, w) // s >= 2:
-        small = rng.standard_normal((n, -(-h // s), -(-w // s), c))
-        total += _resize_linear(_resize_linear(small, h, 1), w, 2) if s > 1 else small
-        s *= 2
-    mu, sd = total.mean(axis=(0, 1, 2)), total.std(axis=(0, 1, 2)) + 1e-12
-    return (total - mu) / sd
 
 
 def _run_batches(opt: Optional["_Optimizer"], config: SynthesisConfig, plan: Plan, labels, info, rng, bounds,
@@ -263,7 +237,7 @@ def _run_batches(opt: Optional["_Optimizer"], config: SynthesisConfig, plan: Pla
     steady_time, steady_work = 0.0, 0
     for b in range(plan.batches):
         sl = slice(b * plan.batch_size, min(plan.images, (b + 1) * plan.batch_size))
-        z0 = _initial(rng, sl.stop - sl.start, info.input_shape, *bounds, init=config.init)
+        z0 = _initial(rng, sl.stop - sl.start, info.input_shape, *bounds)
         tg = make_targets(labels[sl], info.num_classes, rng, config.target_confidence)
         if opt is None:
             z_all[sl] = z0
