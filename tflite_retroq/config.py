@@ -52,9 +52,11 @@ class SynthesisConfig:
     """Algorithm 1 knobs. Defaults were chosen by measurement across models (see README, benchmarks).
 
     The image count is a total budget (`images`), spread over the classes and generated in
-    mini-batches of `batch_size` (None: chosen from the model's activation memory and the
-    machine's free memory). `samples_per_class` is the balanced per-class form instead of
-    `images`; give at most one of the two.
+    mini-batches of `batch_size` (None: chosen from the model's activation memory against a
+    fixed reference budget). `samples_per_class` is the balanced per-class form instead of
+    `images`; give at most one of the two. Default work is planned from the model's forward
+    FLOPs (WORK_FLOPS), so the same config gives the same images everywhere; `time_budget`
+    (seconds, off by default) instead cuts the defaults to what this machine does in that time.
     """
 
     mode: SynthesisMode = SynthesisMode.RETRO
