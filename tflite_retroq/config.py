@@ -69,9 +69,11 @@ class SynthesisConfig:
     """Algorithm 1 knobs. Defaults were chosen by measurement across models (see README, benchmarks).
 
     The image count is a total budget (`images`), spread over the classes and generated in
-    mini-batches of `batch_size` (None: chosen from the model's activation memory and the
-    machine's free memory). `samples_per_class` is the balanced per-class form instead of
-    `images`; give at most one of the two.
+    mini-batches of `batch_size` (None: chosen from the model's activation memory against a
+    fixed reference budget). `samples_per_class` is the balanced per-class form instead of
+    `images`; give at most one of the two. Default work is planned from the model's forward
+    FLOPs (WORK_FLOPS), so the same config gives the same images everywhere; `time_budget`
+    (seconds, off by default) instead cuts the defaults to what this machine does in that time.
     """
 
     mode: SynthesisMode = SynthesisMode.RETRO
@@ -79,19 +81,24 @@ class SynthesisConfig:
     samples_per_class: Optional[int] = None
     batch_size: Optional[int] = None
     iterations: Optional[int] = None
-    time_budget: Optional[float] = 30.0
+    time_budget: Optional[float] = None
     learning_rate: float = 0.1
     bn_weight: float = 1.0
     prior_weight: float = 1.0
     class_weight: float = 1.0
     class_loss: str = "mse"
-    target_confidence: Tuple[float, float] = (0.6, 0.95)
+    # As confident as a trained classifier on its training data: softer targets (0.6-0.95) give unconfident
+    # images whose pooled features and logits span half real data's range (benchmarks/results/zoo_models.md).
+    target_confidence: Tuple[float, float] = (0.9, 0.99)
     seed: int = 0
 
     DEFAULT_IMAGES: ClassVar[int] = 256
     DEFAULT_ITERATIONS: ClassVar[int] = 100
-    MIN_IMAGES: ClassVar[int] = 64      # the time budget never cuts defaults below these
-    MIN_ITERATIONS: ClassVar[int] = 30
+    MIN_IMAGES: ClassVar[int] = 64      # the work plan (or a time budget) never cuts defaults below these
+    MIN_ITERATIONS: ClassVar[int] = 20
+    # Default work: image-iterations x forward FLOPs per image at most this (synthesis.plan_work). A count,
+    # not a clock: ResNet-20 (82 MFLOP) gets 96 images x 20 iterations, a 25 MFLOP ResNet-8 256 x 30.
+    WORK_FLOPS: ClassVar[int] = 200_000_000_000
     MAX_AUTO_BATCH: ClassVar[int] = 128
 
     def __post_init__(self):

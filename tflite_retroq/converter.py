@@ -67,7 +67,8 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     `logit_range`: "reachable" widens the logits' range to what the classifier can reach over
     the feature ranges seen in `data` (synthetic images are never as confident as real ones,
     so min/max clips the deciding logit; see tflite/ranges.py); "calibrated" keeps min/max;
-    "auto" widens for synthetic data, except retro data of a model without BatchNorm. With return_info, returns (bytes, LogitRange|None).
+    "auto" widens for gaussian and zeroq data only (retro data needs nothing beyond plain
+    calibration, so the converter hook gives the same model). With return_info, returns (bytes, LogitRange|None).
     `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
     """
     import tensorflow as tf
@@ -99,12 +100,10 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
                           "the model may use an operator TFLite cannot convert.") from None
     if batch_size is None:  # dynamic batch without SHAPE/STRIDED_SLICE/PACK around Flatten (NPU-friendly)
         calibrated = fold_batch_reshapes(calibrated)
-    # Synthetic images are unconfident when nothing pushes them to confidence (gaussian, zeroq) or when BatchNorm
-    # matching holds their features at average levels (retro on a BN model). Retro on a BN-free model is driven by
-    # the class loss alone and is confident already. Measured (benchmarks/zoo_models*): widening gains 0.1-5 dB on
-    # every BN model and 19 dB for gaussian on the BN-free CNN, and costs retro 5.5 dB there.
-    synthetic = isinstance(data, SyntheticDataset) and data.mode not in ("real", "unknown")
-    synthetic = synthetic and (info.num_bn > 0 or data.mode != "retro")
+    # Retro data carries real-like ranges by itself (confident targets: benchmarks/results/zoo_models.md), so it
+    # gets plain min/max calibration: the converter hook (`rq.representative_dataset`) gives the same model.
+    # Gaussian and zeroq images are pushed towards no class at all; only they get the logits-range pass.
+    synthetic = isinstance(data, SyntheticDataset) and data.mode in ("gaussian", "zeroq")
     widened = None
     if logit_range == "reachable" or (logit_range == "auto" and synthetic):
         images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)

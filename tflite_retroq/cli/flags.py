@@ -50,11 +50,13 @@ SECTIONS = (  # (the verbs a section applies to, its text)
   --images N       total images, spread over the classes (default {DEFAULTS.DEFAULT_IMAGES})
   --samples N      images per class instead (balanced classes; N x classes images)
   --batch-size N   images optimized together (default: chosen from the model's activation memory
-                   and free memory; BatchNorm statistics are matched per batch)
-  --iterations N   optimization steps per batch (default {DEFAULTS.DEFAULT_ITERATIONS})
-  --time-budget S  seconds synthesis may take (default {DEFAULTS.time_budget:g}; 0 = no limit): measured
-                   from the first steps, default iterations then images shrink to fit (never below
-                   {DEFAULTS.MIN_ITERATIONS} iterations x {DEFAULTS.MIN_IMAGES} images); explicit --images/--iterations are kept
+                   against a fixed budget; BatchNorm statistics are matched per batch)
+  --iterations N   optimization steps per batch (default {DEFAULTS.DEFAULT_ITERATIONS}, less on a costly
+                   model: without a time budget the default work is planned from the model's forward
+                   FLOPs, never below {DEFAULTS.MIN_ITERATIONS} iterations x {DEFAULTS.MIN_IMAGES} images; same model, same data)
+  --time-budget S  seconds synthesis may take (default: none): measured from the first steps, default
+                   iterations then images shrink to fit; the result then depends on the machine's
+                   speed and load; explicit --images/--iterations are kept
   --seed S         random seed (default {DEFAULTS.seed})
   --quiet          no progress bar on stderr
 """),
@@ -143,7 +145,7 @@ flags.DEFINE_integer("images", None, f"Total synthetic images (default {DEFAULTS
 flags.DEFINE_integer("samples", None, "Images per class instead of a total (balanced classes).")
 flags.DEFINE_integer("batch-size", None, "Images optimized together (default: from memory).")
 flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {DEFAULTS.DEFAULT_ITERATIONS}).")
-flags.DEFINE_float("time-budget", None, f"Synthesis seconds (default {DEFAULTS.time_budget:g}; 0 = no limit).")
+flags.DEFINE_float("time-budget", None, "Synthesis seconds (default: none, work planned from the model; 0 = none).")
 flags.DEFINE_integer("seed", None, f"Random seed (default {DEFAULTS.seed}).")
 flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid", "mixed-channel"],
                   "convert: weight quantization scheme.")
