@@ -11,10 +11,12 @@ from conftest import retroq_command
 from tflite_retroq.quality import POOR_AGREEMENT, QualityEstimate, TensorError, holdout_count
 
 
-def _interp_outputs(model_bytes, images):
-    """Independent of tflite_retroq.evaluate: the raw interpreter, one image at a time, (de)quantized by hand."""
-    from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_content=bytes(model_bytes))
+def _interp_outputs(model_bytes, images, builtin=False):
+    """Independent of tflite_retroq.evaluate: the raw interpreter, one image at a time, (de)quantized by hand.
+    `builtin`: the builtin kernels (XNNPACK's int8 kernels round differently in the last step)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kind = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
+    it = Interpreter(model_content=bytes(model_bytes), experimental_op_resolver_type=kind)
     it.allocate_tensors()
     i, o = it.get_input_details()[0], it.get_output_details()[0]
     ys = []
@@ -70,12 +72,11 @@ def test_per_tensor_table_matches_the_interpreters(bn_model, calib_data, int8_by
     assert len(q.tensors) >= 4  # conv, depthwise, pool, logits at least
     from tflite_retroq.quality import TABLE_IMAGES
     x = held_out[:TABLE_IMAGES]
-    got, want = _interp_outputs(int8_bytes, x), _interp_outputs(calibrated, x)
+    got, want = _interp_outputs(int8_bytes, x, builtin=True), _interp_outputs(calibrated, x, builtin=True)
     rmse = float(np.sqrt(np.mean((got - want) ** 2)))
     last = q.tensors[-1]  # graph order: the logits come last
-    # float kernels differ in the last bits between XNNPACK (here) and the builtin ones (the table)
-    assert last.rmse == pytest.approx(rmse, rel=1e-4, abs=1e-9)
-    assert last.max_abs_error == pytest.approx(float(np.max(np.abs(got - want))), rel=1e-4, abs=1e-9)
+    assert last.rmse == pytest.approx(rmse, rel=1e-6, abs=1e-9)
+    assert last.max_abs_error == pytest.approx(float(np.max(np.abs(got - want))), rel=1e-6, abs=1e-9)
     for t in q.tensors:
         assert t.scale > 0 and 0.0 <= t.rmse <= t.max_abs_error + 1e-12
         assert t.rmse_per_scale < 50  # int8 W8A8 of a calibrated model: errors of a few steps, not of the range
