@@ -89,13 +89,15 @@ def test_learned_error_at_most_nearest_on_calibration_images(w4, bn_model, calib
     assert all(l.learned_error <= l.nearest_error for l in layers)
 
 
-def test_convert_learned_matches_pass_and_is_deterministic(bn_model, calib_data, w4):
+def test_convert_learned_matches_pass_deterministic_and_quiet(bn_model, calib_data, w4, capfd):
     import tflite_retroq as rq
-    from tflite_retroq.methods.rounding import RoundingConfig
     cal, variants = w4
-    cfg = RoundingConfig(iterations=ITERATIONS)
+    cfg = rq.RoundingConfig(iterations=ITERATIONS)
+    capfd.readouterr()
     a = rq.convert(bn_model, calib_data, weight_bits=4, calibrated=cal, rounding="learned", rounding_config=cfg)
+    out, err = capfd.readouterr()
     assert a == variants["per-channel"][1]
+    assert out == "" and err == "", (out, err)
 
 
 def test_options_refused(bn_model, calib_data):
