@@ -140,10 +140,15 @@ def run_model(key: str) -> Dict:
     rcfg = RoundingConfig(iterations=20) if FLAGS.quick else None
     for source in FLAGS.sources:
         t0 = time.perf_counter()
-        if source == "synthetic":
+        cached = os.path.join(FLAGS.out, f"{key}_synthetic.npz")
+        if source == "synthetic" and os.path.isfile(cached) and not FLAGS.quick:  # a rerun reuses its images
+            data = rq.SyntheticDataset.load(cached)
+        elif source == "synthetic":
             cfg = rq.SynthesisConfig(samples_per_class=2, iterations=5) if FLAGS.quick else rq.SynthesisConfig(
                 images=FLAGS.synth_images, iterations=FLAGS.synth_iterations, time_budget=None)
             data = rq.synthesize(model, cfg, input_spec=spec, progress=False)
+            os.makedirs(FLAGS.out, exist_ok=True)
+            data.save(cached)
         else:
             data = rq.SyntheticDataset.from_images(real[:64] if FLAGS.quick else real)
         extra[f"{source}_seconds"] = time.perf_counter() - t0
@@ -163,6 +168,7 @@ def run_model(key: str) -> Dict:
                     row["int4_identical"] = bool(np.array_equal(
                         common_run(q, x[:64]), common_run(q4, x[:64])))
                 rows.append(row)
+                partial(rows, extra)
                 common.log(f"  W{bits} {rounding}: top1 {m['top1']} agreement {m['agreement']:.2f} ({secs:.0f} s)")
         if FLAGS.peer:
             try:
@@ -176,6 +182,13 @@ def run_model(key: str) -> Dict:
             except Exception as e:
                 extra["tflm_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     return {"rows": rows, "extra": extra}
+
+
+def partial(rows: List[Dict], extra: Dict) -> None:
+    """Rows so far, so a run cut short still leaves its results (merged like a finished one)."""
+    os.makedirs(FLAGS.out, exist_ok=True)
+    with open(os.path.join(FLAGS.out, "low_bit_partial.json"), "w") as f:
+        json.dump(common._json_safe({"rows": rows, "models": [extra]}), f, indent=1)
 
 
 def common_run(q: bytes, x):
@@ -233,7 +246,10 @@ def main(argv):
     if FLAGS.merge:
         rows, extras = [], []
         for d in FLAGS.merge.split(","):
-            with open(os.path.join(d, "low_bit.json")) as f:
+            path = os.path.join(d, "low_bit.json")
+            if not os.path.isfile(path):
+                path = os.path.join(d, "low_bit_partial.json")
+            with open(path) as f:
                 doc = json.load(f)
             rows += doc["rows"]
             extras += doc.get("models", [])

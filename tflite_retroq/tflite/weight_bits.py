@@ -13,7 +13,7 @@ import numpy as np
 
 from tflite_retroq.errors import TFLiteModelError
 from tflite_retroq.tflite import model as tfm
-from tflite_retroq.quant.uniform import (BIAS_MAX, fit_bias, max_scale, quantize_bias, quantize_with_scale,
+from tflite_retroq.quant.uniform import (fit_bias, max_scale, quantize_bias, quantize_with_scale,
                                          symmetric_quantize)
 
 
@@ -57,7 +57,9 @@ def write_op(model, wop: tfm.WeightOp, q: np.ndarray, scale: np.ndarray, dim, bi
     if wop.bias >= 0:
         b = bias if bias is not None else np.zeros(sg.tensors[wop.bias].shape, np.float32)
         bq, bscale = quantize_bias(b.astype(np.float32), input_scale(model, wop), scale)
-        if np.any(np.abs(bq.astype(np.int64)) > BIAS_MAX + 1):
+        # fit_bias keeps every |bias| near or under BIAS_MAX (INT32_MAX / 2, float rounding aside); a bias that
+        # still reaches the int32 limit would have been clipped: refuse it instead.
+        if np.any(np.abs(bq.astype(np.int64)) >= 2 ** 31 - 1):
             raise TFLiteModelError(f"Op {wop.output_name!r}: a bias does not fit int32 at its weight scale.")
         tfm.set_tensor_data(model, sg, wop.bias, bq)
         tfm.set_quantization(sg.tensors[wop.bias], bscale, 0)
