@@ -121,12 +121,12 @@ def test_bias_overflow_as_the_converter(tmp_path):
 
 
 def test_dead_channel_scale_as_the_converter():
-    """A channel with max - min <= 1e-6 gets scale 1e-6 / qmax (the converter widens tiny ranges), not 0 or 1."""
+    """A channel with max - min <= 1e-6 gets scale 5e-7 / qmax (the converter widens tiny ranges), not 0 or 1."""
     from tflite_retroq.quant.uniform import max_scale
     w = np.zeros((3, 2), np.float32)
     w[1] = [0.5, -0.25]
     w[2] = [2e-7, 1e-7]
     s = max_scale(w, 8, 0)
-    assert s[0] == np.float32(1e-6 / 127) and s[2] == np.float32(1e-6 / 127)
+    assert s[0] == np.float32(5e-7 / 127) and s[2] == np.float32(5e-7 / 127)
     assert s[1] == np.float32(0.5 / 127)
     assert max_scale(w, 4, None)[0] == np.float32(0.5 / 7)

@@ -27,22 +27,25 @@ def channel_shape(ndim: int, per_channel_dim: Optional[int]) -> list:
     return shape
 
 
-NEAR_ZERO = 1.0e-6  # the converter widens a weight range narrower than this (quantization_utils ExpandVerySmallRange)
+# The converter widens a weight range with max - min <= 1e-6 to at least [-5e-7, 5e-7]
+# (quantization_utils.cc ExpandVerySmallRange: kNearZeroTolerance, kSmallestHalfRange = kNearZeroTolerance / 2).
+NEAR_ZERO = 1.0e-6
+SMALLEST_HALF_RANGE = NEAR_ZERO / 2
 
 
 def max_scale(w: np.ndarray, bits: int, per_channel_dim: Optional[int]) -> np.ndarray:
     """scale = max(|min|, |max|) / (2^(b-1)-1), per channel along `per_channel_dim` or per tensor.
 
     As the converter: a range with max - min <= 1e-6 (a dead channel) is first widened to at least
-    [-1e-6, 1e-6], so such a channel gets scale 1e-6 / qmax, not 0 (its bias is quantized on that scale)."""
+    [-5e-7, 5e-7], so such a channel gets scale 5e-7 / qmax, not 0 (its bias is quantized on that scale)."""
     qmax = 2 ** (bits - 1) - 1
     w = np.asarray(w, np.float32)
     axes = None if per_channel_dim is None else tuple(a for a in range(w.ndim) if a != per_channel_dim)
     mn = np.atleast_1d(np.min(w, axis=axes)).astype(np.float64)
     mx = np.atleast_1d(np.max(w, axis=axes)).astype(np.float64)
     small = (mx - mn) <= NEAR_ZERO
-    mn = np.where(small, np.minimum(mn, -NEAR_ZERO), mn)
-    mx = np.where(small, np.maximum(mx, NEAR_ZERO), mx)
+    mn = np.where(small, np.minimum(mn, -SMALLEST_HALF_RANGE), mn)
+    mx = np.where(small, np.maximum(mx, SMALLEST_HALF_RANGE), mx)
     return (np.maximum(np.abs(mn), np.abs(mx)) / qmax).astype(np.float32)
 
 
