@@ -115,9 +115,10 @@ def test_bias_overflow_as_the_converter(tmp_path):
     s4 = tfm.scales(q4.subgraphs[0].tensors[c4.weight])
     assert s4[0] == hand
     bq = tfm.tensor_array(q4, q4.subgraphs[0], c4.bias)
-    bias_scale = np.float32(np.float32(s_in) * hand)  # the bias scale is a float32 product, as the converter's
-    ratio = 10.0 / np.float64(bias_scale)
-    assert int(bq[0]) == int(np.floor(ratio + 0.5)) and abs(int(bq[0])) <= BIAS_MAX + 1
+    # the converter's own bias scale for an enlarged channel, |b| / BIAS_MAX, and its float32 product b x (1/scale)
+    bias_scale = np.float32(10.0 / BIAS_MAX)
+    assert tfm.scales(q4.subgraphs[0].tensors[c4.bias])[0] == bias_scale
+    assert int(bq[0]) == int(np.float32(np.float32(10.0) * np.float32(1.0 / np.float64(bias_scale)))) == 2 ** 30
 
 
 def test_dead_channel_scale_as_the_converter():
