@@ -254,7 +254,8 @@ def main(argv):
             with open(path) as f:
                 doc = json.load(f)
             rows += doc["rows"]
-            extras += doc.get("models", [])
+            done = path.endswith("low_bit.json")
+            extras += [dict({"finished": done}, **e) for e in doc.get("models", [])]
     else:
         rows, extras = [], []
         for key in FLAGS.models:
@@ -265,7 +266,7 @@ def main(argv):
               "learned_bits": ",".join(FLAGS.learned_bits), "eval_images": FLAGS.eval_images}
     if FLAGS.merge:  # each part keeps its own command line and whether it finished
         params = {"merged": "; ".join(f"{e.get('model')}: {e.get('command', '?')}"
-                                      f"{'' if e.get('finished') else ' (cut short)'}" for e in extras)}
+                                      f"{'' if e.get('finished', True) else ' (cut short)'}" for e in extras)}
     notes = ("top1 on real test images (CIFAR test_first1017, Fashion test first N); delta_fp32 = top1 - FP32 top1. "
              "seconds: conversion from the calibrated model (learned rounding included, synthesis excluded). "
              "int4_kb: the same W4 file with INT4 weight tensors (outputs checked identical on the builtin kernels). "
