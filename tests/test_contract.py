@@ -67,12 +67,21 @@ def _env():
 
 
 def run_cli(args, mode="plain", umask=None):
+    """`mode`: comma-separated wrapper options (nodac, rlimit, nobudget) and `env:NAME=VALUE` settings."""
     argv = CLI + [str(a) for a in args]
-    if mode != "plain":
+    env = _env()
+    wrap = []
+    for part in mode.split(","):
+        if part.startswith("env:"):
+            name, value = part[4:].split("=", 1)
+            env[name] = value
+        elif part != "plain":
+            wrap.append(part)
+    if wrap:
         exe = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0])
-        argv = [sys.executable, "-c", _WRAP, mode, exe] + argv[1:]
+        argv = [sys.executable, "-c", _WRAP, ",".join(wrap), exe] + argv[1:]
     kwargs = {"umask": umask} if umask is not None else {}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), **kwargs)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=env, **kwargs)
 
 
 def snapshot(folder):
@@ -115,6 +124,30 @@ def _mismatched_keras(src, dst):
             zout.writestr(item, data)
 
 
+def _huge_header(src, dst):
+    """A dataset whose images header claims 1.2 TB while the file holds a few bytes."""
+    import io
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (300_000, 1000, 1000, 1)})
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = header.getvalue() + bytes(64) if item.filename == "images.npy" else zin.read(item.filename)
+            zout.writestr(item.filename, data)
+
+
+def _custom_layer_model(keras, path):
+    """A model with a custom layer class that the CLI's process never registers."""
+    @keras.saving.register_keras_serializable(package="contract")
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inp = keras.Input((H, W, C))
+    x = keras.layers.GlobalAveragePooling2D()(Doubling()(inp))
+    keras.Model(inp, keras.layers.Dense(CLASSES)(x)).save(path)
+
+
 @pytest.fixture(scope="module")
 def files():
     """Every hostile input in one folder; the folder itself is the 'unchanged' witness."""
@@ -153,6 +186,23 @@ def files():
              meta=np.asarray(json.dumps([1, 2])))
     np.savez(d / "images_strings.npz", images=np.full((4, H, W, C), "a"), labels=np.arange(4),
              meta=np.asarray(meta_ok))
+
+    # round 3: analyze outputs that resolve to an input, datasets a user could hand us
+    for sub, link, target in (("an_model", "sensitivity.json", "../good.keras"),
+                              ("an_data", "sensitivity.md", "../data.npz"),
+                              ("an_pair", "sensitivity.md", "sensitivity.json")):
+        (d / sub).mkdir()
+        os.symlink(target, d / sub / link)
+    shutil.copy(d / "data.npz", d / "an_data" / "sensitivity.json")  # --data-file DIR/sensitivity.json
+    for name, space in (("space_int", 3), ("space_str", "normalized")):
+        meta = json.dumps({"format": "tflite_retroq.SyntheticDataset/1", "metadata": {"input_space": space},
+                           "loss_history": {}})
+        np.savez(d / f"{name}.npz", images=np.zeros((4, H, W, C), np.float32), labels=np.arange(4), meta=np.asarray(meta))
+    np.savez(d / "own.npz", images=np.zeros((4, H, W, C), np.float32), labels=np.arange(4))
+    _huge_header(d / "data.npz", d / "huge_header.npz")
+    _custom_layer_model(keras, d / "custom.keras")
+    shutil.copy(d / "good.tflite", d / "readonly_root.tflite")
+    os.chmod(d / "readonly_root.tflite", 0o444)
 
     for name in ("fifo.keras", "fifo.npz", "fifo.tflite", "out_fifo.tflite"):
         os.mkfifo(d / name)
@@ -224,6 +274,51 @@ CASES = [
     ("argmax_output", ["convert", "{f}/argmax.keras", "-o", "{o}/x.tflite"], ["class scores"], [], "plain"),
     ("load_reason_long", ["synthesize", "{f}/mismatched.keras", "-o", "{o}/x.npz"],
      ["could not be loaded", "..."], [], "plain"),
+    # ---- round 3 (issue 18): inputs destroyed through analyze's outputs, absl's own flags
+    ("analyze_output_links_to_model", ["analyze", "{f}/good.keras", "-o", "{f}/an_model"], ["input model"], [],
+     "plain"),
+    ("analyze_output_links_to_data", ["analyze", "{f}/good.keras", "-o", "{f}/an_data", "--data-file",
+                                      "{f}/data.npz"], ["input dataset"], [], "plain"),
+    ("analyze_data_file_is_output", ["analyze", "{f}/good.keras", "-o", "{f}/an_data", "--data-file",
+                                     "{f}/an_data/sensitivity.json"], ["input dataset"], [], "plain"),
+    ("analyze_outputs_are_one_file", ["analyze", "{f}/good.keras", "-o", "{f}/an_pair"], ["same file"], [],
+     "plain"),
+    ("absl_profile_file", ["inspect", "{f}/good.tflite", "--profile_file", "{f}/good.keras"],
+     ["--profile_file", "not a retroq flag"], [], "plain"),
+    ("absl_flagfile_fifo", ["inspect", "{f}/good.tflite", "--flagfile", "{f}/fifo.npz"], ["--flagfile"], [], "plain"),
+    ("absl_flagfile_zero", ["inspect", "{f}/good.tflite", "--flagfile=/dev/zero"], ["--flagfile"], ["memory"],
+     "plain"),
+    ("absl_run_with_pdb", ["inspect", "{f}/good.tflite", "--run_with_pdb"], ["--run_with_pdb"], [], "plain"),
+    ("absl_single_dash", ["inspect", "{f}/good.tflite", "-undefok=x"], ["-undefok"], [], "plain"),
+    # ---- environment and dataset files
+    ("memory_budget_nan", ["synthesize", "{f}/good.keras", "-o", "{o}/x.npz"], ["RETROQ_MEMORY_BUDGET_MB", "'nan'"],
+     ["internal"], "env:RETROQ_MEMORY_BUDGET_MB=nan"),
+    ("memory_budget_inf", ["synthesize", "{f}/good.keras", "-o", "{o}/x.npz"], ["RETROQ_MEMORY_BUDGET_MB", "'inf'"],
+     ["internal"], "env:RETROQ_MEMORY_BUDGET_MB=inf"),
+    ("memory_budget_zero", ["synthesize", "{f}/good.keras", "-o", "{o}/x.npz"], ["RETROQ_MEMORY_BUDGET_MB", "'0'"],
+     ["internal"], "env:RETROQ_MEMORY_BUDGET_MB=0"),
+    ("memory_budget_tiny_named", ["synthesize", "{f}/good.keras", "-o", "{o}/x.npz"],
+     ["RETROQ_MEMORY_BUDGET_MB=0.001", "memory budget"], ["internal"], "env:RETROQ_MEMORY_BUDGET_MB=0.001"),
+    ("data_file_input_space_int", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
+                                   "{f}/space_int.npz"], ["input_space", "malformed"], ["internal"], "plain"),
+    ("data_file_input_space_str", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
+                                   "{f}/space_str.npz"], ["input_space", "malformed"], ["internal"], "plain"),
+    ("data_file_huge_header", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file",
+                               "{f}/huge_header.npz"], ["corrupt", "header"], ["memory", "--batch-size"], "rlimit"),
+    ("data_file_users_own_npz", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file", "{f}/own.npz"],
+     ["'meta'", "from_images"], ["KeyError"], "plain"),
+    # ---- messages that named the wrong cause
+    ("custom_class_named", ["convert", "{f}/custom.keras", "-o", "{o}/x.tflite"], ["'Doubling'", "register"],
+     ["Lambda"], "plain"),
+    ("static_batch_overflow", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--static-batch",
+                               "9223372036854775808"], ["--static-batch", "65536"], ["operator"], "plain"),
+    ("time_budget_negative", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--time-budget", "-1"],
+     ["--time-budget", "0 for no limit"], ["None"], "plain"),
+    ("output_read_only_as_root", ["convert", "{f}/good.keras", "-o", "{f}/readonly_root.tflite", "--data-file",
+                                  "{f}/data.npz"], ["read-only"], [], "plain"),
+    ("pack_lut_small_tensors", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file", "{f}/data.npz",
+                                "--nonuniform", "--weight-bits", "4", "--pack", "lut"], ["would grow"],
+     ["few enough distinct"], "plain"),
 ]
 
 
@@ -323,3 +418,107 @@ def test_mixed_float16_model_converts_in_float32_with_umask_mode(tmp_path):
     assert y.shape == ref.shape and np.all(np.isfinite(y))
     # int8 on 8 synthetic calibration images of a random tiny model: close to the float outputs
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+# ----------------------------------------------------------------------------- standard streams
+
+# id, bash line around the command ("$@"), exit code, the one stderr line's words (None: stderr empty).
+STREAM_CASES = [
+    ("stdout_reader_gone", '"$@" | true; exit "${PIPESTATUS[0]}"', 141, None),  # `| head -1`: quiet, 128+SIGPIPE
+    ("stdout_closed", '"$@" >&-', 2, "standard output is closed"),
+    ("stdout_full", '"$@" >/dev/full', 2, "no space left"),
+    ("stdout_full_json", '"$@" --json >/dev/full', 2, "no space left"),
+    ("stderr_closed", '"$@" >/dev/null 2>&-', 0, None),
+    ("helpfull", '"$@" --helpfull >/dev/null', 0, None),
+    ("help_reader_gone", '"$@" --help | true; exit "${PIPESTATUS[0]}"', 141, None),
+]
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=[c[0] for c in STREAM_CASES])
+def test_standard_streams(case, files):
+    """A closed, broken or full stdout (and a closed stderr) never gives a traceback or `internal error`."""
+    _, shell, code, words = case
+    argv = ["bash", "-c", shell, "retroq"] + CLI + ["inspect", str(files / "good.tflite")]
+    before = snapshot(files)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert proc.returncode == code, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"
+    if words is None:
+        assert proc.stderr == "", proc.stderr
+    else:
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("retroq: error: "), proc.stderr
+        assert words in lines[0].lower(), lines[0]
+    assert snapshot(files) == before
+
+
+# ----------------------------------------------------------------------------- the Python API
+
+# id, a statement run with m (the Keras model), data (a SyntheticDataset), tfl (a float .tflite's bytes),
+# f (the inputs folder) and rq in scope, the RetroQError subclass it must raise.
+API_CASES = [
+    ("convert_calibrated_garbage", "rq.convert(m, data, calibrated=b'garbage')", "TFLiteModelError"),
+    ("convert_calibrated_truncated", "rq.convert(m, data, calibrated=tfl[:len(tfl) // 2])", "TFLiteModelError"),
+    ("convert_calibrated_tfl3_noise", "rq.convert(m, data, calibrated=tfl[:8] + bytes(range(256)) * 8)",
+     "TFLiteModelError"),
+    ("convert_calibrated_str", "rq.convert(m, data, calibrated='model.tflite')", "TFLiteModelError"),
+    ("quantize_calibrated_truncated", "rq.quantize_calibrated(tfl[:len(tfl) - 100])", "TFLiteModelError"),
+    ("quantize_calibrated_noise", "rq.quantize_calibrated(tfl[:8] + bytes(4000))", "TFLiteModelError"),
+    ("synthesize_config_str", "rq.synthesize(m, 'retro')", "ConfigError"),
+    ("fold_batchnorm_path", "rq.fold_batchnorm(str(f / 'good.keras'))", "ModelError"),
+    ("evaluate_labels_length", "rq.evaluate(tfl, data.images, np.arange(len(data) - 1))", "DataError"),
+    ("evaluate_empty_images", "rq.evaluate(tfl, data.images[:0])", "DataError"),
+    ("evaluate_reference_classes", "rq.evaluate(tfl, data.images, reference=np.zeros((len(data), 7)))",
+     "DataError"),
+    ("evaluate_nan_images", "rq.evaluate(tfl, np.full_like(data.images, np.nan), reference=m)", "DataError"),
+    ("dataset_huge_header", "rq.SyntheticDataset.load(f / 'huge_header.npz')", "DataError"),
+    ("dataset_users_own_npz", "rq.SyntheticDataset.load(f / 'own.npz')", "DataError"),
+    ("memory_budget_nan", "os.environ['RETROQ_MEMORY_BUDGET_MB'] = 'nan'; rq.synthesize(m, progress=False)",
+     "ConfigError"),
+]
+
+_API_RUNNER = r"""
+import json, os, sys, warnings
+from pathlib import Path
+import numpy as np
+import keras
+import tflite_retroq as rq
+f = Path(sys.argv[1])
+cases = json.loads(sys.argv[2])
+m = rq.load_model(f / "good.keras")
+data = rq.SyntheticDataset.load(f / "data.npz")
+tfl = (f / "good.tflite").read_bytes()
+for case_id, code in cases:
+    os.environ.pop("RETROQ_MEMORY_BUDGET_MB", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            exec(code)
+            row = {"raised": None}
+        except Exception as e:
+            row = {"raised": type(e).__name__, "retroq": isinstance(e, rq.RetroQError), "message": str(e)}
+    row["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    print("ROW " + json.dumps([case_id, row]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def api_results(files):
+    """Every API row in one child process: a native crash (SIGSEGV) there fails the rows, not the suite."""
+    cases = json.dumps([[c[0], c[1]] for c in API_CASES])
+    proc = subprocess.run([sys.executable, "-c", _API_RUNNER, str(files), cases], capture_output=True, text=True,
+                          timeout=4 * TIMEOUT, env=_env())
+    rows = dict(json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW "))
+    return rows, proc
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_contract(case, api_results):
+    """A typed RetroQError with one line (no ValueError/AttributeError/MemoryError, no native crash,
+    no RuntimeWarning from NaN arithmetic)."""
+    case_id, _, expected = case
+    rows, proc = api_results
+    assert case_id in rows, f"the API process died before this row (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+    row = rows[case_id]
+    assert row["raised"] == expected and row["retroq"], row
+    assert "\n" not in row["message"] and row["message"], row
+    assert row["warnings"] == [], row

@@ -291,10 +291,10 @@ def test_user_converter_with_representative_dataset_hook(bn_model, calib, heldou
 
 def test_convert_accepts_array_and_generator(bn_model, calib, calibrated):
     ref = rq.quantize_calibrated(calibrated, "per-channel")
-    # Arrays and generators are the user's own data: the logits keep their calibrated range unless asked.
-    from_array = rq.convert(bn_model, calib.images, logit_range="reachable")
+    # Arrays and generators are the user's own data and retro data calibrates plainly: no logits pass on either.
+    from_array = rq.convert(bn_model, calib.images)
     gen = calib.representative_dataset()
-    from_gen = rq.convert(bn_model, gen, logit_range="reachable")
+    from_gen = rq.convert(bn_model, gen)
     x = calib.images[:4]
     np.testing.assert_array_equal(rq.run_tflite(from_array, x), rq.run_tflite(ref, x))
     np.testing.assert_array_equal(rq.run_tflite(from_gen, x), rq.run_tflite(ref, x))

@@ -21,6 +21,7 @@ from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
 from tflite_retroq.model.batchnorm import fold_batchnorm
 from tflite_retroq.model.loading import load_model
 from tflite_retroq.synthesis import synthesize
+from tflite_retroq.quality import QualityEstimate, estimate_quality, holdout_images
 from tflite_retroq.config import HybridConfig
 from tflite_retroq.methods.plan import HybridPlan, LayerSensitivity, SensitivityResult, select_layers
 from tflite_retroq.methods.sensitivity import analyze_sensitivity
@@ -44,4 +45,6 @@ __all__ = [
     "OutOfMemoryError", "QuantizationError",
     # targets: Vela (Ethos-U), TFLite Micro, LiteRT latency
     "TargetError", "vela_estimate", "VelaEstimate", "tflm_run", "TFLMResult", "litert_latency",
+    # the quality estimate on held-out synthetic images
+    "estimate_quality", "holdout_images", "QualityEstimate",
 ]

@@ -19,6 +19,38 @@ from tflite_retroq.io_utils import write_with
 _FORMAT = "tflite_retroq.SyntheticDataset/1"
 
 
+_KEYS = ("images", "labels", "meta")
+
+
+def _check_members(path: str) -> None:
+    """Before anything is loaded: the three arrays are there, and no header claims more data than the
+    file holds (a corrupt or hostile header would otherwise ask for terabytes)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = {i.filename[:-4]: i for i in z.infolist() if i.filename.endswith(".npy")}
+            missing = [k for k in _KEYS if k not in infos]
+            if missing:
+                have = ", ".join(sorted(infos)) or "no arrays"
+                raise DataError(f"{path!r} has no {' or '.join(repr(k) for k in missing)} array (it holds {have}), so "
+                                "it is not a tflite_retroq dataset; create one with `retroq synthesize`, or wrap your "
+                                "own arrays: SyntheticDataset.from_images(images, labels).save(path).")
+            for key in _KEYS:
+                with z.open(infos[key]) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(f))
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if need > infos[key].file_size:
+                    raise DataError(f"{path!r} is corrupt: its {key!r} header claims shape {tuple(shape)} "
+                                    f"({need / 2**30:.3g} GiB) but the file holds {infos[key].file_size} bytes of it; "
+                                    "create the dataset again with `retroq synthesize`.")
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, TypeError, OverflowError) as e:
+        raise DataError(f"{path!r} is not a tflite_retroq dataset (.npz from `retroq synthesize`): "
+                        f"{type(e).__name__}.") from None
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class SyntheticDataset:
     images: np.ndarray                 # [N, H, W, C] float32, in the model's input space
@@ -87,6 +119,7 @@ class SyntheticDataset:
         from tflite_retroq.io_utils import check_readable
         path = os.fspath(path)
         check_readable(path, "Dataset file", DataError, "create it with `retroq synthesize`")
+        _check_members(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 images, labels, meta = z["images"], z["labels"], json.loads(str(z["meta"]))
@@ -105,6 +138,10 @@ class SyntheticDataset:
                 isinstance(v, list) for v in history.values()):
             raise DataError(f"{path!r} has malformed metadata ('metadata' and 'loss_history' must be JSON objects); "
                             "create the dataset again with `retroq synthesize`.")
+        if "input_space" in metadata and not isinstance(metadata["input_space"], dict):
+            raise DataError(f"{path!r} has malformed metadata ('input_space' is a JSON "
+                            f"{type(metadata['input_space']).__name__}, not an object); create the dataset again "
+                            "with `retroq synthesize`.")
         try:
             return cls(images=images, labels=labels, metadata=metadata, loss_history=history)
         except DataError as e:

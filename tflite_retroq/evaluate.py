@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from tflite_retroq.errors import DataError, TFLiteModelError
+from tflite_retroq.errors import DataError, TFLiteModelError, one_line
 from tflite_retroq.io_utils import library_quiet
 
 _RESOLVERS = ("auto", "builtin", "reference")
@@ -34,10 +34,10 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
                num_threads: Optional[int] = None) -> np.ndarray:
     """Float outputs [N, classes] of the .tflite on float images in the model's input space.
 
-    int8 inputs are quantized with the model's own input scale/zero point; int8 outputs
+    int8/uint8 inputs are quantized with the model's own input scale/zero point; such outputs
     are dequantized, so results compare directly with the Keras model.
     """
-    images = np.asarray(images, np.float32)
+    images = _checked_images(images)
     from tflite_retroq.tflite.pack import refuse_packed
     refuse_packed(model_bytes)
     it = _interpreter(model_bytes, resolver, num_threads)
@@ -60,9 +60,10 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
             it.resize_tensor_input(inp["index"], [len(x)] + list(inp["shape"][1:]))
             it.allocate_tensors()
             current = len(x)
-        if inp["dtype"] == np.int8:
+        if inp["dtype"] in (np.int8, np.uint8):
             s, zp = inp["quantization"]
-            x = np.clip(np.round(x / s) + zp, -128, 127).astype(np.int8)
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / s) + zp, info.min, info.max).astype(inp["dtype"])
         it.set_tensor(inp["index"], x)
         if start == 0:
             with library_quiet():  # XNNPACK announces itself on the first invoke
@@ -70,7 +71,7 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
         else:
             it.invoke()
         y = it.get_tensor(out["index"])
-        if out["dtype"] == np.int8:
+        if out["dtype"] in (np.int8, np.uint8):
             s, zp = out["quantization"]
             y = (y.astype(np.float32) - zp) * s
         results.append(np.asarray(y, np.float32).reshape(len(x), -1)[:n])
@@ -84,7 +85,8 @@ def keras_outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarra
     """
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    from tflite_retroq.model.saved_model import compiles_with_xla
+    fn = tf.function(lambda x: model(x, training=False), jit_compile=compiles_with_xla(model))
     images = np.asarray(images, np.float32)
     batch_size = min(batch_size, len(images))
     out = []
@@ -95,6 +97,40 @@ def keras_outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarra
             x = np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], x.dtype)])
         out.append(np.asarray(fn(x), np.float32)[:n])
     return np.concatenate(out, axis=0)
+
+
+def _checked_images(images) -> np.ndarray:
+    """A non-empty, finite [N, H, W, C] float32 batch, else DataError (NaN would turn every metric into noise)."""
+    try:
+        x = np.asarray(images, np.float32)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"images must be a numeric [N, H, W, C] array ({one_line(e, 100)}).") from None
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise DataError(f"images must be a non-empty [N, H, W, C] array, got shape {x.shape}; pass at least "
+                        "one image.")
+    if not np.all(np.isfinite(x)):
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise DataError(f"images contain NaN or inf ({bad} of {x.size} values); pass finite pixel values.")
+    return x
+
+
+def _checked_labels(labels, n: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,) or y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
+        raise DataError(f"labels must be {n} integer class indices (one per image), got {y.dtype} of shape "
+                        f"{y.shape}; pass one label per image.")
+    return y.astype(np.int64)
+
+
+def _checked_reference(reference, outputs: np.ndarray) -> np.ndarray:
+    r = np.asarray(reference, np.float64)
+    if r.shape != outputs.shape:
+        raise DataError(f"reference outputs have shape {r.shape} but the .tflite gives {outputs.shape} "
+                        f"({outputs.shape[1]} classes for {outputs.shape[0]} images); pass the float model's "
+                        "outputs on the same images, or the model itself.")
+    if not np.all(np.isfinite(r)):
+        raise DataError("reference outputs contain NaN or inf; check the float model on these images.")
+    return r
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -137,9 +173,11 @@ class EvalResult:
 
 def compare(outputs: np.ndarray, labels: Optional[np.ndarray] = None, reference: Optional[np.ndarray] = None
             ) -> EvalResult:
-    acc = None if labels is None else float(np.mean(np.argmax(outputs, 1) == np.asarray(labels)) * 100.0)
+    acc = None if labels is None else float(np.mean(np.argmax(outputs, 1) == _checked_labels(labels, len(outputs)))
+                                            * 100.0)
     if reference is None:
         return EvalResult(len(outputs), acc, None, None, None)
+    reference = _checked_reference(reference, outputs)
     agree = float(np.mean(np.argmax(outputs, 1) == np.argmax(reference, 1)) * 100.0)
     return EvalResult(len(outputs), acc, agree, sqnr_db(reference, outputs), mean_kl(reference, outputs))
 
@@ -148,7 +186,10 @@ def evaluate(model_bytes: bytes, images: np.ndarray, labels: Optional[np.ndarray
              reference=None, batch_size: int = 64, resolver: str = "auto") -> EvalResult:
     """Accuracy of a .tflite, and agreement / logit SQNR / KL against `reference`
     (a Keras model or its precomputed outputs on the same images)."""
+    images = _checked_images(images)
+    if labels is not None:
+        _checked_labels(labels, len(images))  # before the interpreter runs
     outputs = run_tflite(model_bytes, images, batch_size=batch_size, resolver=resolver)
     if reference is not None and not isinstance(reference, np.ndarray):
-        reference = keras_outputs(reference, np.asarray(images, np.float32))
+        reference = keras_outputs(reference, images)
     return compare(outputs, labels, reference)

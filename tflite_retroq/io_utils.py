@@ -92,8 +92,9 @@ def check_writable(path: str) -> str:
         kind = None  # does not exist yet (or a dangling link): the parent check decides
     if kind is not None:
         raise OutputError(f"Output {path!r} is {kind}; outputs are written as regular files, so choose a file path.")
-    if os.path.isfile(path) and not os.access(path, os.W_OK):
-        # The rename would replace it anyway (it needs only the directory): respect the protection instead.
+    if os.path.isfile(path) and (not os.access(path, os.W_OK) or not os.stat(path).st_mode & 0o222):
+        # The rename would replace it anyway (it needs only the directory): respect the protection instead,
+        # also as root, whom os.access always lets write: no write bit at all means "do not replace".
         raise OutputError(f"Output {path!r} exists and is read-only; make it writable (chmod u+w) to replace it, "
                           "or choose another output path.")
     parent = os.path.dirname(os.path.realpath(path))

@@ -9,6 +9,7 @@ from tflite_retroq.cli.common import check_model_file, load_checked_model, say
 from tflite_retroq.cli.flags import (DEFAULTS, INPUT_FLAGS, SYNTH_FLAGS, flag, hybrid_config, input_spec, positional,
                                      present, require_output, synthesis_config)
 from tflite_retroq.errors import ConfigError
+from tflite_retroq.reports.sensitivity import check_analysis_outputs
 
 
 def cmd_analyze(args: Sequence[str]) -> int:
@@ -30,6 +31,8 @@ def cmd_analyze(args: Sequence[str]) -> int:
         raise ConfigError(f"-o {out_dir!r} is a file; `retroq analyze` writes into a directory.")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out_dir))):
         raise ConfigError(f"-o {out_dir!r}: its parent directory does not exist; create it first.")
+    inputs = [("input model", model_path), ("input dataset (--data-file)", data_file)]
+    check_analysis_outputs(out_dir, inputs)  # before any work: no output may resolve to an input
 
     from tflite_retroq.dataset import SyntheticDataset
     dataset = SyntheticDataset.load(data_file) if data_file is not None else None
@@ -46,7 +49,8 @@ def cmd_analyze(args: Sequence[str]) -> int:
     source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
               else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
     doc = analysis_document(result, plan, model_path=model_path, data_source=source, version=__version__)
-    paths = write_analysis(out_dir, result, plan, doc, title=f"Per-layer sensitivity: {os.path.basename(model_path)}")
+    paths = write_analysis(out_dir, result, plan, doc, title=f"Per-layer sensitivity: {os.path.basename(model_path)}",
+                           inputs=inputs)
     top = sorted(result.layers, key=lambda l: -l.difference)[:3]
     say(f"analyzed {len(result.layers)} layers on {result.num_images} {result.data_source} images (W{bits}) in "
          f"{result.seconds:.1f} s ({result.speedup:.1f}x faster than 2L full passes); "

@@ -1,16 +1,21 @@
 """What every verb does around its work: cheap checks before TensorFlow, loading, one-line output."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
-from tflite_retroq.errors import ConfigError, ModelError
+from tflite_retroq.errors import ConfigError, ModelError, OutputError
 from tflite_retroq.io_utils import check_not_inputs, check_readable, check_writable, same_file
 
 
 def check_model_file(path: str) -> str:
     """Cheap checks before TensorFlow is imported (missing, FIFO, unreadable); load_model does the full ones."""
-    return check_readable(path, "Model file", ModelError, "pass the path of a saved Keras model (.keras)")
+    if os.path.isdir(path):
+        from tflite_retroq.model.saved_model import check_saved_model_dir
+        return check_saved_model_dir(path)
+    return check_readable(path, "Model file", ModelError, "pass the path of a saved Keras model (.keras) or a "
+                          "SavedModel directory")
 
 
 def check_outputs(model_path: str, *paths: Optional[str], data_file: Optional[str] = None) -> None:
@@ -21,8 +26,10 @@ def check_outputs(model_path: str, *paths: Optional[str], data_file: Optional[st
         check_writable(p)
         check_not_inputs(p, inputs)
     for i, p in enumerate(given):
-        if any(same_file(p, q) for q in given[:i]):
-            raise ConfigError("-o and --report name the same file; choose two different paths.")
+        for q in given[:i]:
+            if same_file(p, q):
+                raise ConfigError(f"{q!r} and {p!r} are the same file (the two outputs would overwrite each other); "
+                                  "choose two different paths.")
 
 
 def load_checked_model(path: str):
@@ -34,9 +41,36 @@ def load_checked_model(path: str):
     return model
 
 
+class ReaderGone(Exception):
+    """The reader of stdout went away (EPIPE, `retroq inspect m.tflite | head -1`): end quietly."""
+
+
+def emit(text: str) -> None:
+    """Write to stdout now; a broken pipe becomes ReaderGone, any other failure (closed, /dev/full) one line."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise ReaderGone() from None
+    except (OSError, ValueError) as e:
+        stdout_gone()
+        reason = getattr(e, "strerror", None) or str(e)
+        raise OutputError(f"cannot write to standard output ({reason}); redirect it to a file or a terminal "
+                          "that accepts writes.") from None
+
+
+def stdout_gone() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush of what is still buffered cannot fail."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    except OSError:
+        pass
+
+
 def say(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    emit(text + "\n")
 
 
 def say_input_space(data) -> None:

@@ -13,7 +13,7 @@ from tflite_retroq.errors import ConfigError
 
 def cmd_convert(args: Sequence[str]) -> int:
     model_path = positional("convert", args, "a Keras model file (MODEL.keras)")
-    hcfg = hybrid_config(flag("scheme") == "hybrid")
+    hcfg = hybrid_config(flag("scheme") in ("hybrid", "mixed-channel"))
     data_file = flag("data-file")
     if data_file is not None:
         if present("data"):
@@ -62,13 +62,18 @@ def cmd_convert(args: Sequence[str]) -> int:
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
                      calibrated=calibrated, batch_size=static_batch, nonuniform=flag("nonuniform"),
                      plan=plan, rounding=flag("rounding"), weight_dtype=flag("weight-dtype"),
-                     progress=not flag("quiet"))
-    arena_note = None
+                     allow_float_ops=flag("allow-float-ops"), progress=not flag("quiet"))
+    plain, arena_note = tflite, None
     if flag("pack") == "lut":  # packed here, so the plain twin's TFLM arena can be set beside the packed one
         from tflite_retroq.tflite.pack import pack_lut
         plain, tflite = tflite, pack_lut(tflite)
         arena_note = lut_arena_note(plain, tflite, static_batch)
     seconds["conversion"] = time.perf_counter() - t1 - seconds.get("sensitivity", 0.0)
+    t3 = time.perf_counter()
+    from tflite_retroq.quality import estimate_quality, holdout_images
+    # On the plain twin of a LUT-packed file: LiteRT cannot decode LUTs, and TFLM decodes them to the same values.
+    quality = estimate_quality(plain, model, holdout_images(model, dataset), calibrated=calibrated)
+    seconds["quality estimate"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
 
     from tflite_retroq.io_utils import atomic_path, write_bytes
@@ -90,7 +95,8 @@ def cmd_convert(args: Sequence[str]) -> int:
                               **({"pack": flag("pack")} if flag("pack") else {}),
                               rounding=flag("rounding"), weight_dtype=flag("weight-dtype")),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
-            inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens)))
+            inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens),
+            quality=quality.to_dict() if quality is not None else None))
         # Both files are fully written to temporaries before either is renamed into place.
         with atomic_path(output) as tmp_out, atomic_path(report_path) as tmp_rep:
             with open(tmp_out, "wb") as f:
@@ -106,6 +112,15 @@ def cmd_convert(args: Sequence[str]) -> int:
         say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
              f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
              "than real ones)")
+    if quality is not None:
+        say(quality.line())
+        if quality.warning():
+            import warnings
+            warnings.warn(quality.warning())  # one `retroq: warning:` line on stderr, after success
+    if flag("allow-float-ops"):
+        from tflite_retroq.tflite.inspect import FLOAT_OPS_NOTE, float_ops
+        kept = float_ops(tflite)
+        say(f"float ops kept: {', '.join(kept)}; {FLOAT_OPS_NOTE}" if kept else "float ops kept: none (fully integer)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
     kind = (f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
             f"{', learned rounding' if flag('rounding') == 'learned' else ''}"

@@ -15,7 +15,9 @@ from absl import app, flags
 
 from tflite_retroq.cli.analyze import cmd_analyze
 from tflite_retroq.cli.convert import cmd_convert
-from tflite_retroq.cli.flags import ALLOWED, COMMANDS, FLAGS, USAGE, UsageError, as_flags, check_flags_apply
+from tflite_retroq.cli.common import ReaderGone, emit, stdout_gone
+from tflite_retroq.cli.flags import (ALLOWED, COMMANDS, FLAGS, USAGE, UsageError, as_flags, check_flags_apply,
+                                     check_own_flags, help_requested)
 from tflite_retroq.cli.inspect import cmd_inspect
 from tflite_retroq.cli.synthesize import cmd_synthesize
 from tflite_retroq.errors import ConfigError, RetroQError, is_out_of_memory
@@ -26,23 +28,52 @@ _HANDLERS = {"synthesize": cmd_synthesize, "convert": cmd_convert, "analyze": cm
 
 # ----------------------------------------------------------------------------- entry point
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away (`| head -1`)
+
+
 def _error(message: str, code: int = 2, prefix: str = "error") -> int:
     line = " ".join(str(message).split())  # exactly one line
-    sys.stderr.write(f"retroq: {prefix}: {line}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"retroq: {prefix}: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # stderr closed or full: the exit code still says it
+        pass
     return code
 
 
+def _standard_streams() -> Optional[str]:
+    """Put /dev/null on closed fds 0-2, so no file we open later lands on them (a model written through
+    `print`); return why stdout cannot be used, if it cannot. A closed stderr only loses the messages."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+        return "standard output is closed; run retroq with stdout open (e.g. > /dev/null to discard it)."
+    return None
+
+
 def _parse_flags(argv: List[str]) -> List[str]:
-    for i, a in enumerate(argv[1:]):
-        if a == "--":
-            break
-        if a in ("-h", "--help", "-?", "--helpshort") or (i == 0 and a == "help"):
-            sys.stdout.write(USAGE)
-            sys.exit(0)
     try:
+        text = help_requested(argv)
+        if text is not None:
+            emit(text)
+            sys.exit(0)
+        check_own_flags(argv)
         return FLAGS(argv)
-    except flags.Error as e:
+    except ReaderGone:
+        stdout_gone()
+        sys.exit(SIGPIPE_EXIT)
+    except (flags.Error, RetroQError) as e:
         sys.exit(_error(e))
 
 
@@ -79,6 +110,9 @@ def main(argv: List[str]) -> int:
         return code
     except ConfigError as e:  # also those raised once the model is known (e.g. --samples x classes)
         return _error(as_flags(str(e)))
+    except ReaderGone:  # the reader of stdout went away (`| head -1`): nothing to say, nobody to say it to
+        stdout_gone()
+        return SIGPIPE_EXIT
     except RetroQError as e:
         return _error(e)
     except KeyboardInterrupt:
@@ -97,6 +131,9 @@ def run(argv: Optional[List[str]] = None) -> None:
     main_module = sys.modules.get("__main__")
     if main_module is not None and not getattr(main_module, "__doc__", None):
         main_module.__doc__ = USAGE  # absl's --helpfull prints it
+    closed = _standard_streams()
+    if closed:
+        sys.exit(_error(closed))
     warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
     with native_logs_silenced():
         app.run(main, argv=argv, flags_parser=_parse_flags)

@@ -97,6 +97,10 @@ def fold_batchnorm(model):
     per-channel affine layer (a 1x1 DepthwiseConv2D, or a diagonal Dense on rank 2).
     """
     keras = _keras()
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"fold_batchnorm takes a loaded Keras model, got {type(model).__name__}"
+                         + (f" {model!r}; load it first with tflite_retroq.load_model({model!r})."
+                            if isinstance(model, str) else "; pass a keras.Model."))
     pairs = _fold_pairs(model)
     folded_bns = {id(bn) for bn in pairs.values()}
     todo: List[Tuple[object, Callable[[object], None]]] = []

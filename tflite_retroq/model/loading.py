@@ -1,4 +1,4 @@
-"""Loading a user's model safely: `.keras`, legacy Keras 2 `.h5`, mixed precision -> float32.
+"""Loading a user's model safely: `.keras`, legacy Keras 2 `.h5`, SavedModel, mixed precision -> float32.
 
 Lambda code never runs (safe_mode=True); a model computing in half precision comes back
 as its float32 twin, because synthesis and calibration need float32 gradients and ranges.
@@ -6,6 +6,7 @@ as its float32 twin, because synthesis and calibration need float32 gradients an
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from typing import Dict, List
 
@@ -27,8 +28,14 @@ def _load_reason(error: Exception) -> str:
 
 
 def load_model(path: str):
-    """Load a `.keras` (or legacy `.h5`) model with safe_mode=True: Lambda code never runs."""
+    """Load a `.keras` (or legacy `.h5`) model with safe_mode=True: Lambda code never runs.
+
+    A directory is read as a SavedModel (model/saved_model.py): its serving signature as a Keras model.
+    """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        from tflite_retroq.model.saved_model import load_saved_model
+        return load_saved_model(path)
     # Before Keras opens it: a FIFO would block forever, and an unreadable file is not "corrupt".
     check_readable(path, "Model file", ModelError, "pass a Keras model file saved with model.save('model.keras')")
     keras = _keras()
@@ -42,6 +49,12 @@ def load_model(path: str):
     except Exception as e:  # Keras raises many types for a bad file
         model = _load_legacy(keras, path, e)
         if model is None:
+            missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(e))
+            if missing:  # the real cause sits deep in Keras's message, behind a generic preamble
+                raise ModelError(f"{path!r} uses the custom class {missing.group(1)!r}, which is not registered in "
+                                 "this process; in Python, import the module that defines it (decorated with "
+                                 "@keras.saving.register_keras_serializable()) before loading, or rebuild the "
+                                 "model from built-in Keras layers for the command line.") from None
             raise ModelError(f"{path!r} could not be loaded as a Keras model ({_load_reason(e)}); "
                              "save it with model.save('model.keras') and avoid Lambda layers.") from None
     return model

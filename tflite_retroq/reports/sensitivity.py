@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tflite_retroq.errors import OutputError
-from tflite_retroq.io_utils import atomic_path, to_json
+from tflite_retroq.io_utils import atomic_path, check_not_inputs, check_writable, same_file, to_json
 from tflite_retroq.methods.plan import HybridPlan, SensitivityResult
 
 FILES = ("sensitivity.json", "sensitivity.md", "sensitivity.png")
@@ -108,9 +108,32 @@ def analysis_document(result: SensitivityResult, plan: HybridPlan, *, model_path
             "model": model_path, "data": data_source, "sensitivity": result.to_dict(), "plan": plan.to_dict()}
 
 
+def analysis_paths(out_dir: str) -> List[str]:
+    return [os.path.join(out_dir, f) for f in FILES]
+
+
+def check_analysis_outputs(out_dir: str, inputs: Sequence[Tuple[str, Optional[str]]] = ()) -> List[str]:
+    """The three outputs are writable regular files, none of them resolves to an input (symlinks and hard
+    links included), and no two of them are one file."""
+    paths = analysis_paths(out_dir)
+    for i, p in enumerate(paths):
+        if os.path.isdir(out_dir):
+            check_writable(p)
+        check_not_inputs(p, inputs)
+        for q in paths[:i]:
+            if same_file(p, q):
+                raise OutputError(f"{p!r} and {q!r} are the same file (a link); remove the link or choose "
+                                  "another -o directory.")
+    return paths
+
+
 def write_analysis(out_dir: str, result: SensitivityResult, plan: HybridPlan, document: Dict,
-                   title: str = "Per-layer sensitivity") -> List[str]:
-    """sensitivity.json / .md / .png in `out_dir`, all written to temporaries before any is renamed."""
+                   title: str = "Per-layer sensitivity", inputs: Sequence[Tuple[str, Optional[str]]] = ()
+                   ) -> List[str]:
+    """sensitivity.json / .md / .png in `out_dir`, all written to temporaries before any is renamed.
+
+    `inputs` are `(description, path)` pairs (the model, the dataset) that no output may resolve to."""
+    check_analysis_outputs(out_dir, inputs)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise OutputError(f"Output {out_dir!r} is a file; `retroq analyze -o` takes a directory.")
     if not os.path.isdir(out_dir):
@@ -121,7 +144,7 @@ def write_analysis(out_dir: str, result: SensitivityResult, plan: HybridPlan, do
             os.mkdir(out_dir)
         except OSError as e:
             raise OutputError(f"Cannot create {out_dir!r}: {e.strerror}.") from None
-    paths = [os.path.join(out_dir, f) for f in FILES]
+    paths = analysis_paths(out_dir)
     text_json, text_md = to_json(document), markdown(result, plan, title)
     with atomic_path(paths[0]) as t_json, atomic_path(paths[1]) as t_md, atomic_path(paths[2]) as t_png:
         with open(t_json, "w", encoding="utf-8") as f:

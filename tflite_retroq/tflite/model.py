@@ -41,6 +41,33 @@ def read(data: bytes):
                                "convert the model again.") from None
 
 
+def verify(data: bytes, what: str = "The model") -> bytes:
+    """Refuse bytes that are not a well-formed .tflite before native code parses them.
+
+    TensorFlow's converter entry points (`mlir_quantize`, the calibrator) read the flatbuffer
+    unchecked and die with SIGSEGV on garbage or truncated bytes. LiteRT's interpreter runs the
+    flatbuffer verifier (offsets, sizes, tables) and builds the graph (tensor and buffer indices),
+    raising ValueError instead; bytes that pass it are safe to hand on.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TFLiteModelError(f"{what} must be the bytes of a .tflite flatbuffer, got {type(data).__name__}; "
+                               "pass e.g. open('model.tflite', 'rb').read() or the result of calibrate().")
+    data = bytes(data)
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise TFLiteModelError(f"{what} is not a TFLite flatbuffer (no 'TFL3' identifier); "
+                               "pass a .tflite file produced by the TFLite converter.")
+    from ai_edge_litert.interpreter import Interpreter
+    from tflite_retroq.io_utils import library_quiet
+    try:
+        with library_quiet():
+            Interpreter(model_content=data)
+    except (ValueError, RuntimeError) as e:
+        from tflite_retroq.errors import one_line
+        raise TFLiteModelError(f"{what} is a corrupt or truncated .tflite flatbuffer ({one_line(e, 120)}); "
+                               "produce it again (e.g. with calibrate()).") from None
+    return data
+
+
 def read_bytes(path: str) -> bytes:
     """The raw bytes of a .tflite file, or TFLiteModelError naming what is wrong with the path."""
     from tflite_retroq.io_utils import check_readable

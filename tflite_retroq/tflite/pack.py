@@ -22,7 +22,7 @@ import dataclasses
 import io
 import math
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 
@@ -66,26 +66,31 @@ def _bits(distinct: int) -> int:
     return max(1, int(math.ceil(math.log2(max(distinct, 1)))))
 
 
-def _choose(w: np.ndarray, sg_i: int, t_i: int, name: str, channel_axis: Optional[int]) -> Optional[LutChoice]:
+def _choose(w: np.ndarray, sg_i: int, t_i: int, name: str, channel_axis: Optional[int]) -> Union[LutChoice, str]:
     """One table for a per-tensor quantized tensor, one per channel (along `channel_axis`) for a
-    per-channel one; None when LUT cannot hold it (more than 128 values per table) or it would grow."""
+    per-channel one; else why not: "axis", "distinct" (more than 128 values per table) or "grow"."""
     n = int(w.size)
     d = int(np.unique(w).size)
     if channel_axis is None:
         b, tables, tl = _bits(d), 1, d
     else:
         if w.ndim < 2 or channel_axis not in (0, w.ndim - 1):
-            return None  # the DECODE kernel supports the first and the last axis only
+            return "axis"  # the DECODE kernel supports the first and the last axis only
         per = [int(np.unique(s).size) for s in np.moveaxis(w, channel_axis, 0)]
         b, tables, tl = _bits(max(per)), w.shape[channel_axis], max(per)
     if b > MAX_INDEX_BITS:
-        return None
+        return "distinct"
     c = LutChoice(sg_i, t_i, name, n, d, b, channel_axis, tables, tl, (n * b + 7) // 8 + tables * tl + _DCM_BYTES)
-    return c if c.packed_bytes < n * w.itemsize else None
+    return c if c.packed_bytes < n * w.itemsize else "grow"
 
 
 def lut_plan(model_bytes: bytes) -> List[LutChoice]:
     """The weight tensors `pack_lut` would pack, and how."""
+    return [c for c in _scan(model_bytes) if isinstance(c, LutChoice)]
+
+
+def _scan(model_bytes: bytes) -> List[Union[LutChoice, str]]:
+    """Each int8 weight tensor: its LutChoice, or why it cannot be packed."""
     model = tfm.read(model_bytes)
     plan, seen = [], set()
     for wop in tfm.weight_ops(model):
@@ -98,9 +103,7 @@ def lut_plan(model_bytes: bytes) -> List[LutChoice]:
             continue
         seen.add((wop.subgraph, wop.weight))
         axis = tfm.quantized_dimension(t) if tfm.scales(t).size > 1 else None
-        c = _choose(w, int(wop.subgraph), int(wop.weight), tfm.tensor_name(t), axis)
-        if c is not None:
-            plan.append(c)
+        plan.append(_choose(w, int(wop.subgraph), int(wop.weight), tfm.tensor_name(t), axis))
     return plan
 
 
@@ -124,14 +127,32 @@ def _custom_code(model, op) -> Optional[str]:
     return code.decode() if isinstance(code, bytes) else code
 
 
+def _nothing_to_pack(reasons: List[str]) -> str:
+    """Why no tensor was packed, naming the commonest cause and its fix."""
+    if not reasons:
+        return "The model has no int8 weight tensors to pack; LUT packing applies to a quantized model."
+    counts = {r: reasons.count(r) for r in ("grow", "distinct", "axis")}
+    parts = []
+    if counts["grow"]:
+        parts.append(f"{counts['grow']} would grow (their value tables, one per channel, outweigh the bytes "
+                     "saved: the tensors are small)")
+    if counts["distinct"]:
+        parts.append(f"{counts['distinct']} have more than {2 ** MAX_INDEX_BITS} distinct values per table "
+                     "(use --weight-bits 4 or 6, or --nonuniform)")
+    if counts["axis"]:
+        parts.append(f"{counts['axis']} are quantized along an axis the DECODE kernel does not support")
+    fix = " Drop --pack lut for this model, or use --scheme per-tensor (one table per tensor)." if counts["grow"] else ""
+    return f"LUT packing would shrink none of the {len(reasons)} weight tensors: {'; '.join(parts)}.{fix}"
+
+
 def pack_lut(model_bytes: bytes) -> bytes:
     """bytes -> bytes: every weight tensor LUT can hold, packed for TFLite Micro (see module docstring)."""
     if is_packed(model_bytes):
         raise TFLiteModelError("The model is already LUT-packed.")
-    plan = lut_plan(model_bytes)
+    scan = _scan(model_bytes)
+    plan = [c for c in scan if isinstance(c, LutChoice)]
     if not plan:
-        raise TFLiteModelError("No weight tensor has few enough distinct values (at most 128) to shrink with "
-                               "LUT packing.")
+        raise TFLiteModelError(_nothing_to_pack(scan))
     # The package's __init__ re-exports a function named `compress`; take the module itself.
     compress = _tflm("tensorflow.lite.micro.compression.compress")
     spec = _tflm("tensorflow.lite.micro.compression.spec")
