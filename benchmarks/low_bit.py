@@ -39,6 +39,7 @@ flags.DEFINE_integer("synth_images", 256, "Synthetic images (retro, package defa
 flags.DEFINE_integer("synth_iterations", 30, "Synthesis steps, fixed (no time budget) so a rerun is the same run.")
 flags.DEFINE_bool("quick", False, "Smoke test: tiny synthesis, 64 real images, 100 eval images, W4 only.")
 flags.DEFINE_string("merge", None, "Comma-separated result dirs to merge into --out (no conversion).")
+flags.DEFINE_string("note", "", "Extra text for the Markdown (e.g. what a merge left out).")
 flags.DEFINE_string("out", common.DEFAULT_OUT, "Results directory.")
 
 COLUMNS = ["model", "method", "data", "bits", "rounding", "top1", "delta_fp32", "agreement", "sqnr_db", "seconds",
@@ -134,16 +135,21 @@ def run_model(key: str) -> Dict:
     fp32 = None if y is None else float(np.mean(np.argmax(ref, 1) == y) * 100)
     rows = [dict(model=name, method="float", data="-", bits=32, rounding="-", top1=fp32, agreement=100.0,
                  size_kb=len(rq.float_tflite(model)) / 1024)]
-    extra: Dict = {"model": name}
+    extra: Dict = {"model": name, "command": common.command_line(), "finished": False}
     bits_list = [int(b) for b in FLAGS.weight_bits]
     learned = {int(b) for b in FLAGS.learned_bits}
     rcfg = RoundingConfig(iterations=20) if FLAGS.quick else None
     for source in FLAGS.sources:
         t0 = time.perf_counter()
-        if source == "synthetic":
+        cached = os.path.join(FLAGS.out, f"{key}_synthetic.npz")
+        if source == "synthetic" and os.path.isfile(cached) and not FLAGS.quick:  # a rerun reuses its images
+            data = rq.SyntheticDataset.load(cached)
+        elif source == "synthetic":
             cfg = rq.SynthesisConfig(samples_per_class=2, iterations=5) if FLAGS.quick else rq.SynthesisConfig(
                 images=FLAGS.synth_images, iterations=FLAGS.synth_iterations, time_budget=None)
             data = rq.synthesize(model, cfg, input_spec=spec, progress=False)
+            os.makedirs(FLAGS.out, exist_ok=True)
+            data.save(cached)
         else:
             data = rq.SyntheticDataset.from_images(real[:64] if FLAGS.quick else real)
         extra[f"{source}_seconds"] = time.perf_counter() - t0
@@ -163,6 +169,7 @@ def run_model(key: str) -> Dict:
                     row["int4_identical"] = bool(np.array_equal(
                         common_run(q, x[:64]), common_run(q4, x[:64])))
                 rows.append(row)
+                partial(rows, extra)
                 common.log(f"  W{bits} {rounding}: top1 {m['top1']} agreement {m['agreement']:.2f} ({secs:.0f} s)")
         if FLAGS.peer:
             try:
@@ -175,7 +182,15 @@ def run_model(key: str) -> Dict:
                 extra["tflm"] = arena(model, data)
             except Exception as e:
                 extra["tflm_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    extra["finished"] = True
     return {"rows": rows, "extra": extra}
+
+
+def partial(rows: List[Dict], extra: Dict) -> None:
+    """Rows so far, so a run cut short still leaves its results (merged like a finished one)."""
+    os.makedirs(FLAGS.out, exist_ok=True)
+    with open(os.path.join(FLAGS.out, "low_bit_partial.json"), "w") as f:
+        json.dump(common._json_safe({"rows": rows, "models": [extra]}), f, indent=1)
 
 
 def common_run(q: bytes, x):
@@ -233,10 +248,14 @@ def main(argv):
     if FLAGS.merge:
         rows, extras = [], []
         for d in FLAGS.merge.split(","):
-            with open(os.path.join(d, "low_bit.json")) as f:
+            path = os.path.join(d, "low_bit.json")
+            if not os.path.isfile(path):
+                path = os.path.join(d, "low_bit_partial.json")
+            with open(path) as f:
                 doc = json.load(f)
             rows += doc["rows"]
-            extras += doc.get("models", [])
+            done = path.endswith("low_bit.json")
+            extras += [dict({"finished": done}, **e) for e in doc.get("models", [])]
     else:
         rows, extras = [], []
         for key in FLAGS.models:
@@ -245,13 +264,16 @@ def main(argv):
             extras.append(r["extra"])
     params = {"models": ",".join(FLAGS.models), "weight_bits": ",".join(FLAGS.weight_bits),
               "learned_bits": ",".join(FLAGS.learned_bits), "eval_images": FLAGS.eval_images}
+    if FLAGS.merge:  # each part keeps its own command line and whether it finished
+        params = {"merged": "; ".join(f"{e.get('model')}: {e.get('command', '?')}"
+                                      f"{'' if e.get('finished', True) else ' (cut short)'}" for e in extras)}
     notes = ("top1 on real test images (CIFAR test_first1017, Fashion test first N); delta_fp32 = top1 - FP32 top1. "
              "seconds: conversion from the calibrated model (learned rounding included, synthesis excluded). "
              "int4_kb: the same W4 file with INT4 weight tensors (outputs checked identical on the builtin kernels). "
              "Peer: ai-edge-quantizer 0.10 static recipes calibrated on the same images (float I/O).")
     os.makedirs(FLAGS.out, exist_ok=True)
     common.write_results(FLAGS.out, "low_bit", "Low-bit weights: nearest vs learned rounding, synthetic vs real data",
-                         rows, COLUMNS, params=params, notes=notes, extra_md=summary(rows, extras), started=started,
+                         rows, COLUMNS, params=params, notes=notes + ("\n\n" + FLAGS.note if FLAGS.note else ""), extra_md=summary(rows, extras), started=started,
                          extra={"models": extras})
     plot(rows, os.path.join(FLAGS.out, "low_bit.png"))
 

@@ -82,9 +82,9 @@ def _overflow_model():
     model = keras.Model(inp, out)
     conv = model.get_layer("conv")
     k = conv.kernel.numpy()
-    k[..., 0] = 1e-9 * np.sign(k[..., 0] + 1e-12)
+    k[..., 0] = 1e-6 * np.where(k[..., 0] >= 0, 1.0, -1.0)  # range 2e-6: not a "dead" channel
     conv.kernel.assign(k)
-    conv.bias.assign(np.array([3.0, 0.1, -0.1, 0.2], np.float32))
+    conv.bias.assign(np.array([10.0, 0.1, -0.1, 0.2], np.float32))
     return model
 
 
@@ -99,7 +99,7 @@ def test_bias_overflow_as_the_converter(tmp_path):
     conv = next(w for w in tfm.weight_ops(m) if w.kind == "CONV_2D")
     sg = m.subgraphs[0]
     s_in = np.float64(tfm.scales(sg.tensors[conv.input])[0])
-    hand = np.float32(3.0 / BIAS_MAX / np.float64(np.float32(s_in)))
+    hand = np.float32(10.0 / BIAS_MAX / np.float64(np.float32(s_in)))
     assert tfm.scales(sg.tensors[conv.weight])[0] == pytest.approx(hand, rel=1e-6)  # the converter's own rule
     # our pass at 8 bits reproduces the converter bit for bit, the enlarged channel included
     ours = tfm.read(limit_weight_bits(q8, cal, 8))
@@ -108,13 +108,26 @@ def test_bias_overflow_as_the_converter(tmp_path):
             ta, tb = sg.tensors[getattr(a, idx)], ours.subgraphs[0].tensors[getattr(b, idx)]
             assert np.array_equal(tfm.tensor_array(m, sg, getattr(a, idx)),
                                   tfm.tensor_array(ours, ours.subgraphs[0], getattr(b, idx)))
-            np.testing.assert_allclose(tfm.scales(ta), tfm.scales(tb), rtol=1e-6)
+            assert np.array_equal(tfm.scales(ta), tfm.scales(tb))
     # at 4 bits the channel is enlarged too, and its bias is exact, not clipped
     q4 = tfm.read(limit_weight_bits(q8, cal, 4))
     c4 = next(w for w in tfm.weight_ops(q4) if w.kind == "CONV_2D")
     s4 = tfm.scales(q4.subgraphs[0].tensors[c4.weight])
     assert s4[0] == hand
     bq = tfm.tensor_array(q4, q4.subgraphs[0], c4.bias)
-    bias_scale = np.float32(np.float32(s_in) * hand)  # the bias scale is a float32 product, as the converter's
-    ratio = 3.0 / np.float64(bias_scale)
-    assert int(bq[0]) == int(np.floor(ratio + 0.5)) and abs(int(bq[0])) <= BIAS_MAX + 1
+    # the converter's own bias scale for an enlarged channel, |b| / BIAS_MAX, and its float32 product b x (1/scale)
+    bias_scale = np.float32(10.0 / BIAS_MAX)
+    assert tfm.scales(q4.subgraphs[0].tensors[c4.bias])[0] == bias_scale
+    assert int(bq[0]) == int(np.float32(np.float32(10.0) * np.float32(1.0 / np.float64(bias_scale)))) == 2 ** 30
+
+
+def test_dead_channel_scale_as_the_converter():
+    """A channel with max - min <= 1e-6 gets scale 5e-7 / qmax (the converter widens tiny ranges), not 0 or 1."""
+    from tflite_retroq.quant.uniform import max_scale
+    w = np.zeros((3, 2), np.float32)
+    w[1] = [0.5, -0.25]
+    w[2] = [2e-7, 1e-7]
+    s = max_scale(w, 8, 0)
+    assert s[0] == np.float32(5e-7 / 127) and s[2] == np.float32(5e-7 / 127)
+    assert s[1] == np.float32(0.5 / 127)
+    assert max_scale(w, 4, None)[0] == np.float32(0.5 / 7)

@@ -2,7 +2,7 @@
 
 Checked against independent computations: the float weights and scales read back from the files
 (one grid step), the codes and int32 biases recomputed by hand from what the pass reports (bit-exact
-export), and the int8 model's outputs on the calibration images against the float model (learned
+export, biases by the converter's float32 rule), and the int8 model's outputs on the calibration images against the float model (learned
 error at most the nearest-rounding error).
 """
 import numpy as np
@@ -71,8 +71,10 @@ def test_exported_integers_equal_optimized(w4, scheme):
             continue
         s_in = np.float64(tfm.scales(sg.tensors[wop.input])[0])
         s_w = tfm.scales(sg.tensors[wop.weight]).astype(np.float64)
-        bias_scale = np.float32(s_in) * s_w.astype(np.float32)
-        ratio = layer.bias.astype(np.float64) / bias_scale.astype(np.float64)
+        bias_scale = (np.float32(s_in) * s_w.astype(np.float32)).astype(np.float32)
+        # the converter's rule: float32 bias times the float32 reciprocal of the scale, half away from zero
+        ratio = (layer.bias.astype(np.float32) * (1.0 / bias_scale.astype(np.float64)).astype(np.float32))
+        ratio = ratio.astype(np.float32).astype(np.float64)
         want = (np.sign(ratio) * np.floor(np.abs(ratio) + 0.5)).astype(np.int64)
         assert np.array_equal(tfm.tensor_array(m, sg, wop.bias).astype(np.int64), want), wop.output_name
 
@@ -89,13 +91,15 @@ def test_learned_error_at_most_nearest_on_calibration_images(w4, bn_model, calib
     assert all(l.learned_error <= l.nearest_error for l in layers)
 
 
-def test_convert_learned_matches_pass_and_is_deterministic(bn_model, calib_data, w4):
+def test_convert_learned_matches_pass_deterministic_and_quiet(bn_model, calib_data, w4, capfd):
     import tflite_retroq as rq
-    from tflite_retroq.methods.rounding import RoundingConfig
     cal, variants = w4
-    cfg = RoundingConfig(iterations=ITERATIONS)
+    cfg = rq.RoundingConfig(iterations=ITERATIONS)
+    capfd.readouterr()
     a = rq.convert(bn_model, calib_data, weight_bits=4, calibrated=cal, rounding="learned", rounding_config=cfg)
+    out, err = capfd.readouterr()
     assert a == variants["per-channel"][1]
+    assert out == "" and err == "", (out, err)
 
 
 def test_options_refused(bn_model, calib_data):

@@ -124,7 +124,7 @@ def cmd_convert(args: Sequence[str]) -> int:
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
     kind = (f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
             f"{', learned rounding' if flag('rounding') == 'learned' else ''}"
-            f"{', INT4 weights' if flag('weight-dtype') == 'int4' else ''}")
+            f"{', INT4 weights: LiteRT, not TFLite Micro' if flag('weight-dtype') == 'int4' else ''}")
     scheme = qcfg.scheme.value if plan is None else f"hybrid: {len(plan.per_channel)}/{plan.num_layers} per-channel"
     say(f"wrote {output}: {len(tflite)} bytes ({scheme}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"

@@ -27,16 +27,26 @@ def channel_shape(ndim: int, per_channel_dim: Optional[int]) -> list:
     return shape
 
 
+# The converter widens a weight range with max - min <= 1e-6 to at least [-5e-7, 5e-7]
+# (quantization_utils.cc ExpandVerySmallRange: kNearZeroTolerance, kSmallestHalfRange = kNearZeroTolerance / 2).
+NEAR_ZERO = 1.0e-6
+SMALLEST_HALF_RANGE = NEAR_ZERO / 2
+
+
 def max_scale(w: np.ndarray, bits: int, per_channel_dim: Optional[int]) -> np.ndarray:
-    """scale = max|w| / (2^(b-1)-1), per channel along `per_channel_dim` or per tensor (1.0 for all-zero)."""
+    """scale = max(|min|, |max|) / (2^(b-1)-1), per channel along `per_channel_dim` or per tensor.
+
+    As the converter: a range with max - min <= 1e-6 (a dead channel) is first widened to at least
+    [-5e-7, 5e-7], so such a channel gets scale 5e-7 / qmax, not 0 (its bias is quantized on that scale)."""
     qmax = 2 ** (bits - 1) - 1
     w = np.asarray(w, np.float32)
-    if per_channel_dim is None:
-        maxabs = np.array([np.max(np.abs(w))], np.float32)
-    else:
-        axes = tuple(a for a in range(w.ndim) if a != per_channel_dim)
-        maxabs = np.max(np.abs(w), axis=axes).astype(np.float32)
-    return np.where(maxabs > 0, maxabs / np.float32(qmax), np.float32(1.0)).astype(np.float32)
+    axes = None if per_channel_dim is None else tuple(a for a in range(w.ndim) if a != per_channel_dim)
+    mn = np.atleast_1d(np.min(w, axis=axes)).astype(np.float64)
+    mx = np.atleast_1d(np.max(w, axis=axes)).astype(np.float64)
+    small = (mx - mn) <= NEAR_ZERO
+    mn = np.where(small, np.minimum(mn, -SMALLEST_HALF_RANGE), mn)
+    mx = np.where(small, np.maximum(mx, SMALLEST_HALF_RANGE), mx)
+    return (np.maximum(np.abs(mn), np.abs(mx)) / qmax).astype(np.float32)
 
 
 def fit_bias(scale: np.ndarray, bias: Optional[np.ndarray], input_scale: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -75,9 +85,23 @@ def symmetric_quantize(w: np.ndarray, bits: int, per_channel_dim: int | None) ->
     return quantize_with_scale(w, scale, bits, per_channel_dim), scale
 
 
-def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray,
+                  enlarged: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(int32 bias, bias scale): scale input_scale x weight_scale, except where fit_bias enlarged the weight
+    scale (`enlarged`): there the converter keeps its own bias scale |b| / BIAS_MAX (max |b| per tensor)."""
     bias_scale = (np.float32(input_scale) * np.asarray(weight_scale, np.float32)).astype(np.float32)
+    if enlarged is not None and np.any(enlarged):
+        mag = np.abs(np.asarray(b, np.float32).astype(np.float64)).reshape(-1)
+        if bias_scale.size == 1:
+            bias_scale = np.array([np.float32(np.max(mag) / BIAS_MAX)], np.float32)
+        else:
+            bias_scale = np.where(enlarged, (mag / BIAS_MAX).astype(np.float32), bias_scale).astype(np.float32)
     # One bias scale per weight scale (a per-tensor weight keeps a per-tensor bias, as the
     # converter writes it); the division broadcasts a single scale over every channel.
-    q = round_half_away(np.asarray(b, np.float64) / bias_scale.astype(np.float64))
+    # As the converter's SymmetricBiasQuantize (tools/optimize/quantization_utils.cc): float32 bias times the
+    # float32 reciprocal of the scale, in float32, rounded half away from zero. Above 2^24 a float32 no longer
+    # holds every integer, so large biases (tiny weight scales) land on the converter's float32 values.
+    inv = (1.0 / bias_scale.astype(np.float64)).astype(np.float32)
+    prod = (np.asarray(b, np.float32) * inv).astype(np.float32)
+    q = round_half_away(prod.astype(np.float64))
     return np.clip(q, -2**31 + 1, 2**31 - 1).astype(np.int32), bias_scale.astype(np.float32)

@@ -5,6 +5,8 @@ and FULLY_CONNECTED take INT4 weights with int8 activations on the builtin and r
 outputs identical to the same model with the weights in int8 containers. Under the default resolver
 (XNNPACK) the int8 twin of a conv runs on XNNPACK while the INT4 conv stays on the builtin kernel, so
 the two may differ by a rounding step there; FULLY_CONNECTED agrees on all three.
+TFLite Micro (the tflite-micro 2026-10 runtime) refuses the same file at allocation: INT4 files are for
+LiteRT; for microcontrollers use pack='lut' instead.
 Only values change their container: scales, zero points and biases are kept as they are.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ import numpy as np
 
 from tflite_retroq.errors import TFLiteModelError
 from tflite_retroq.tflite import model as tfm
-from tflite_retroq.quant.uniform import (BIAS_MAX, fit_bias, max_scale, quantize_bias, quantize_with_scale,
+from tflite_retroq.quant.uniform import (fit_bias, max_scale, quantize_bias, quantize_with_scale,
                                          symmetric_quantize)
 
 
@@ -24,8 +24,8 @@ def requantize_op(model, calibrated, wop: tfm.WeightOp, fop: tfm.WeightOp, bits:
     converter does (quant.uniform.fit_bias), so no bias is ever clipped."""
     w, b = float_weights(calibrated, fop, wop.output_name)
     dim = channel_dim(wop.kind) if per_channel else None
-    scale, _ = fit_bias(max_scale(w, bits, dim), b, input_scale(model, wop))
-    write_op(model, wop, quantize_with_scale(w, scale, bits, dim), scale, dim, b)
+    scale, enlarged = fit_bias(max_scale(w, bits, dim), b, input_scale(model, wop))
+    write_op(model, wop, quantize_with_scale(w, scale, bits, dim), scale, dim, b, enlarged)
 
 
 def channel_dim(kind: str) -> int:
@@ -48,7 +48,7 @@ def float_weights(calibrated, fop: tfm.WeightOp, name: str):
     return w, (None if b is None else b.astype(np.float32))
 
 
-def write_op(model, wop: tfm.WeightOp, q: np.ndarray, scale: np.ndarray, dim, bias) -> None:
+def write_op(model, wop: tfm.WeightOp, q: np.ndarray, scale: np.ndarray, dim, bias, enlarged=None) -> None:
     """Write int8 codes `q` with `scale` (per channel along `dim`, or per tensor if None) and the bias
     re-derived as round(b / (input_scale * scale)); refuse a bias that would not fit (never clip)."""
     sg = model.subgraphs[wop.subgraph]
@@ -56,8 +56,10 @@ def write_op(model, wop: tfm.WeightOp, q: np.ndarray, scale: np.ndarray, dim, bi
     tfm.set_quantization(sg.tensors[wop.weight], scale, 0 if dim is None else dim)
     if wop.bias >= 0:
         b = bias if bias is not None else np.zeros(sg.tensors[wop.bias].shape, np.float32)
-        bq, bscale = quantize_bias(b.astype(np.float32), input_scale(model, wop), scale)
-        if np.any(np.abs(bq.astype(np.int64)) > BIAS_MAX + 1):
+        bq, bscale = quantize_bias(b.astype(np.float32), input_scale(model, wop), scale, enlarged)
+        # fit_bias keeps every |bias| near or under BIAS_MAX (INT32_MAX / 2, float rounding aside); a bias that
+        # still reaches the int32 limit would have been clipped: refuse it instead.
+        if np.any(np.abs(bq.astype(np.int64)) >= 2 ** 31 - 1):
             raise TFLiteModelError(f"Op {wop.output_name!r}: a bias does not fit int32 at its weight scale.")
         tfm.set_tensor_data(model, sg, wop.bias, bq)
         tfm.set_quantization(sg.tensors[wop.bias], bscale, 0)
