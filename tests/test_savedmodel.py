@@ -137,3 +137,8 @@ def test_savedmodel_layer_norm_stays_float_only_when_allowed(tmp_path):
     kept = float_ops(out.read_bytes())
     assert len(kept) == 2 and all(k.startswith("NEG (") for k in kept)  # one per LayerNormalization
     assert f"float ops kept: {', '.join(kept)};" in proc.stdout
+
+
+def test_per_layer_sensitivity_refuses_savedmodel(exported, held_out):
+    with pytest.raises(rq.ModelError, match="SavedModel keeps no Keras layers"):
+        rq.analyze_sensitivity(rq.load_model(exported), held_out[0][:8])
