@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.zoo.fashion import CACHE, load_fashion_mnist
+from benchmarks.zoo.fashion import CACHE, cached_model, load_fashion_mnist
 
 KINDS = ("vit", "conv_attn")
 
@@ -57,16 +57,14 @@ def build(kind: str):
 def trained_model(kind: str, cache_dir: Optional[Path] = None, epochs: int = 3, train_images: int = 20000):
     """The trained model, cached after the first call."""
     import keras
-    cache = Path(cache_dir or CACHE)
-    path = cache / f"fashion_{kind}_e{epochs}_n{train_images}.keras"
-    if path.is_file():
-        return keras.saving.load_model(path, compile=False)
-    keras.utils.set_random_seed(0)
-    x, y = load_fashion_mnist("train")
-    model = build(kind)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x[:train_images], y[:train_images], epochs=epochs, batch_size=128, verbose=0)
-    cache.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    return model
+
+    def fit():
+        keras.utils.set_random_seed(0)
+        x, y = load_fashion_mnist("train")
+        model = build(kind)
+        model.compile(optimizer=keras.optimizers.Adam(2e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x[:train_images], y[:train_images], epochs=epochs, batch_size=128, verbose=0)
+        return model
+
+    return cached_model(Path(cache_dir or CACHE) / f"fashion_{kind}_e{epochs}_n{train_images}.keras", fit)
