@@ -3,7 +3,7 @@
 The accuracy test compares against the `.keras` route on the same trained fixture model and the
 same held-out images; refusals are checked for their one clear line.
 """
-import subprocess
+import json
 
 import numpy as np
 import pytest
@@ -131,12 +131,15 @@ def test_savedmodel_layer_norm_stays_float_only_when_allowed(tmp_path):
     with pytest.raises(rq.QuantizationError, match=r"NEG .*allow_float_ops"):
         rq.convert(path, images)
     out = tmp_path / "ln.tflite"
+    report = tmp_path / "ln.json"
     proc = retroq("convert", path, "-o", out, "--data", "gaussian", "--input-range", "0,255", "--images", 8,
-                  "--allow-float-ops", "--quiet")
+                  "--allow-float-ops", "--quiet", "--report", report)
     assert_ok(proc)
     kept = float_ops(out.read_bytes())
     assert len(kept) == 2 and all(k.startswith("NEG (") for k in kept)  # one per LayerNormalization
     assert f"float ops kept: {', '.join(kept)};" in proc.stdout
+    doc = json.loads(report.read_text())
+    assert doc["float_ops"] == kept and doc["config"]["quantization"]["allow_float_ops"] is True
 
 
 def test_per_layer_sensitivity_refuses_savedmodel(exported, held_out):

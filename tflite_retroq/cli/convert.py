@@ -77,7 +77,8 @@ def cmd_convert(args: Sequence[str]) -> int:
             model_path=model_path, output_path=output, data_source=source,
             quantization=dict(qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
                               **({"nonuniform": True} if flag("nonuniform") else {}),
-                              **({"pack": flag("pack")} if flag("pack") else {})),
+                              **({"pack": flag("pack")} if flag("pack") else {}),
+                              **({"allow_float_ops": True} if flag("allow-float-ops") else {})),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
             inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens)))
         # Both files are fully written to temporaries before either is renamed into place.
