@@ -27,7 +27,7 @@ flags.DEFINE_integer("real_images", 256, "Real calibration images (the first N t
 flags.DEFINE_integer("epochs", 3, "Training epochs (cached per value).")
 flags.DEFINE_integer("train_images", 12000, "Training images (the first N; cached per value).")
 flags.DEFINE_integer("samples_per_class", 10, "Synthetic images per class (retro).")
-flags.DEFINE_integer("iterations", 50, "Synthesis iterations.")
+flags.DEFINE_integer("iterations", 100, "Synthesis iterations (the package default).")
 flags.DEFINE_bool("quick", False, "Smoke test: 1 epoch, 300 eval images, tiny synthesis.")
 flags.DEFINE_string("out", common.DEFAULT_OUT, "Results directory.")
 

@@ -42,7 +42,10 @@ def build(kind: str):
     elif kind == "conv_attn":
         for i, filters in enumerate((16, dim)):
             x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}")(x)
-            x = keras.layers.ReLU(name=f"relu{i}")(keras.layers.BatchNormalization(name=f"bn{i}")(x))
+            # momentum 0.9: a few hundred training steps must leave moving statistics that match the weights
+            # (with the default 0.99 the model scored 23 % after 3 epochs of 12000 images).
+            bn = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")
+            x = keras.layers.ReLU(name=f"relu{i}")(bn(x))
         blocks = 1
     else:
         raise ValueError(f"kind must be one of {KINDS}")
