@@ -4,6 +4,7 @@ The accuracy test compares against the `.keras` route on the same trained fixtur
 same held-out images; refusals are checked for their one clear line.
 """
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -77,10 +78,12 @@ def test_exported_savedmodel_matches_keras_route(exported, held_out, keras_route
 
 
 def test_cli_converts_savedmodel(exported, held_out, keras_route_accuracy, tmp_path):
-    from test_cli import assert_ok, retroq
+    from test_cli import CLI, _env, assert_ok
     out = tmp_path / "sm.tflite"
-    proc = retroq("convert", exported, "-o", out, "--input-range", "0,255", "--samples", 8, "--iterations", 60,
-                  "--seed", 1, "--quiet")
+    # Own timeout: a full synthesizing run, which test_cli's 180 s did not always cover on a loaded machine.
+    proc = subprocess.run(CLI + ["convert", exported, "-o", str(out), "--input-range", "0,255", "--samples", "8",
+                                 "--iterations", "60", "--seed", "1", "--quiet"],
+                          capture_output=True, text=True, timeout=600, env=_env())
     assert_ok(proc)
     x, y = held_out
     acc = rq.evaluate(out.read_bytes(), x, y).accuracy
