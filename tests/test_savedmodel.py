@@ -3,6 +3,7 @@
 The accuracy test compares against the `.keras` route on the same trained fixture model and the
 same held-out images; refusals are checked for their one clear line.
 """
+import json
 import subprocess
 
 import numpy as np
@@ -77,10 +78,12 @@ def test_exported_savedmodel_matches_keras_route(exported, held_out, keras_route
 
 
 def test_cli_converts_savedmodel(exported, held_out, keras_route_accuracy, tmp_path):
-    from test_cli import assert_ok, retroq
+    from test_cli import CLI, _env, assert_ok
     out = tmp_path / "sm.tflite"
-    proc = retroq("convert", exported, "-o", out, "--input-range", "0,255", "--samples", 8, "--iterations", 60,
-                  "--seed", 1, "--quiet")
+    # Own timeout: a full synthesizing run, which test_cli's 180 s did not always cover on a loaded machine.
+    proc = subprocess.run(CLI + ["convert", exported, "-o", str(out), "--input-range", "0,255", "--samples", "8",
+                                 "--iterations", "60", "--seed", "1", "--quiet"],
+                          capture_output=True, text=True, timeout=600, env=_env())
     assert_ok(proc)
     x, y = held_out
     acc = rq.evaluate(out.read_bytes(), x, y).accuracy
@@ -131,9 +134,17 @@ def test_savedmodel_layer_norm_stays_float_only_when_allowed(tmp_path):
     with pytest.raises(rq.QuantizationError, match=r"NEG .*allow_float_ops"):
         rq.convert(path, images)
     out = tmp_path / "ln.tflite"
+    report = tmp_path / "ln.json"
     proc = retroq("convert", path, "-o", out, "--data", "gaussian", "--input-range", "0,255", "--images", 8,
-                  "--allow-float-ops", "--quiet")
+                  "--allow-float-ops", "--quiet", "--report", report)
     assert_ok(proc)
     kept = float_ops(out.read_bytes())
     assert len(kept) == 2 and all(k.startswith("NEG (") for k in kept)  # one per LayerNormalization
     assert f"float ops kept: {', '.join(kept)};" in proc.stdout
+    doc = json.loads(report.read_text())
+    assert doc["float_ops"] == kept and doc["config"]["quantization"]["allow_float_ops"] is True
+
+
+def test_per_layer_sensitivity_refuses_savedmodel(exported, held_out):
+    with pytest.raises(rq.ModelError, match="SavedModel keeps no Keras layers"):
+        rq.analyze_sensitivity(rq.load_model(exported), held_out[0][:8])

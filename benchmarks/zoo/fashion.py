@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -78,18 +78,28 @@ def trained_model(kind: str, cache_dir: Optional[Path] = None, epochs: int = 3):
     import keras
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    cache = Path(cache_dir or CACHE)
-    path = cache / f"fashion_{kind}_e{epochs}.keras"
+
+    def fit():
+        keras.utils.set_random_seed(0)
+        x, y = load_fashion_mnist("train")
+        model = _build(kind)
+        # The raw-pixel model trains on raw pixels (a large input scale is part of what it is).
+        model.compile(optimizer=keras.optimizers.Adam(1e-3 if kind == "dw_bn" else 3e-4),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=kind == "dw_bn"),
+                      metrics=["accuracy"])
+        model.fit(to_input(kind, x), y, epochs=epochs, batch_size=128, verbose=0)
+        return model
+
+    return cached_model(Path(cache_dir or CACHE) / f"fashion_{kind}_e{epochs}.keras", fit)
+
+
+def cached_model(path: Path, fit: Callable[[], object]):
+    """The model saved at `path`, else `fit()`'s, saved there for the next run."""
+    import keras
     if path.is_file():
         return keras.saving.load_model(path, compile=False)
-    keras.utils.set_random_seed(0)
-    x, y = load_fashion_mnist("train")
-    model = _build(kind)
-    # The raw-pixel model trains on raw pixels (a large input scale is part of what it is).
-    model.compile(optimizer=keras.optimizers.Adam(1e-3 if kind == "dw_bn" else 3e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=kind == "dw_bn"), metrics=["accuracy"])
-    model.fit(to_input(kind, x), y, epochs=epochs, batch_size=128, verbose=0)
-    cache.mkdir(parents=True, exist_ok=True)
+    model = fit()
+    path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return model
 

@@ -93,7 +93,8 @@ def cmd_convert(args: Sequence[str]) -> int:
             quantization=dict(qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
                               **({"nonuniform": True} if flag("nonuniform") else {}),
                               **({"pack": flag("pack")} if flag("pack") else {}),
-                              rounding=flag("rounding"), weight_dtype=flag("weight-dtype")),
+                              rounding=flag("rounding"), weight_dtype=flag("weight-dtype"),
+                              **({"allow_float_ops": True} if flag("allow-float-ops") else {})),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
             inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens),
             quality=quality.to_dict() if quality is not None else None))

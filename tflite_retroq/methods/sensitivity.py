@@ -217,6 +217,10 @@ def analyze_sensitivity(model, data: Union[SyntheticDataset, np.ndarray], *, wei
                               f"{sorted(names)}.")
         todo = [l for l in todo if l.name in set(wanted)]
     if not todo:
+        from tflite_retroq.model.saved_model import wraps_saved_model
+        if wraps_saved_model(model):
+            raise ModelError("A SavedModel keeps no Keras layers, so per-layer sensitivity (scheme hybrid, analyze) "
+                             "cannot quantize them one at a time; pass the .keras model instead.")
         raise ModelError("The model has no Conv2D, DepthwiseConv2D or Dense layer to analyze.")
     ex = _Executor(folded)
     kernels = [np.asarray(l.kernel.numpy(), np.float32) for l in todo]

@@ -81,9 +81,14 @@ def load_saved_model(path: str):
         return keras.Model(inp, out, name="".join(c if c.isalnum() or c in "_-" else "_" for c in base))
 
 
+def wraps_saved_model(model) -> bool:
+    """True for a model built by `load_saved_model` (or any model holding a TFSMLayer): it has no Keras layers
+    of its own to fold, rewrite or analyze one at a time."""
+    import keras
+    return any(isinstance(l, keras.layers.TFSMLayer) for l in model._flatten_layers(include_self=False, recursive=True))
+
+
 def compiles_with_xla(model) -> bool:
     """False for a model wrapping a SavedModel: XLA constant-folds through the restored graph, so a synthesis
     that takes 6 s without it took 219 s with it (tiny CNN, measured); everything else compiles faster."""
-    import keras
-    return not any(isinstance(l, keras.layers.TFSMLayer) for l in model._flatten_layers(include_self=False,
-                                                                                        recursive=True))
+    return not wraps_saved_model(model)

@@ -27,6 +27,7 @@ def convert_report(*, model_path: str, output_path: str, quantization: Dict, dat
         "inputs": inspection.get("inputs", []),
         "outputs": inspection.get("outputs", []),
         "layers": inspection.get("layers", []),
+        "float_ops": inspection.get("float_ops", []),  # kept in float with --allow-float-ops; else none
     }
 
 

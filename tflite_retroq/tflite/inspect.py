@@ -55,12 +55,11 @@ def _io(model, sg, indices, types) -> List[dict]:
     return out
 
 
-# Where a float op can run. A `.tflite` with float ops between DEQUANTIZE and QUANTIZE runs on LiteRT's CPU
-# kernels, but int8-only accelerators cannot execute those ops: the Ethos-U NPU (Vela leaves them to the host
-# CPU), the Hexagon NPU (the Qualcomm compiler leaves them to the CPU) and TFLite Micro builds without float
-# kernels.
-FLOAT_OPS_NOTE = ("not fully integer: Ethos-U (Vela), the Hexagon NPU and int8-only TFLite Micro builds cannot run "
-                  "these ops (they fall back to a CPU with float kernels, or fail)")
+# A float op between DEQUANTIZE and QUANTIZE runs on LiteRT's CPU kernels, but int8-only accelerators cannot
+# execute it: Vela leaves it to the Cortex-M host (Ethos-U runs int8/int16 only), and an int8 NPU delegate
+# (Hexagon's int8 path, Edge TPU) splits the graph around it.
+FLOAT_OPS_NOTE = ("not fully integer: int8-only accelerators (Ethos-U via Vela, Hexagon's int8 path, Edge TPU) "
+                  "cannot run these ops; they fall back to a CPU with float kernels")
 
 
 def float_ops(data: bytes) -> List[str]:
