@@ -69,11 +69,12 @@ def test_report_keeps_logit_range(tmp_path):
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
     keras.Model(inp, keras.layers.Dense(CLASSES)(x)).save(tmp_path / "m.keras")
     rng = np.random.default_rng(0)
-    rq.SyntheticDataset.from_images(rng.normal(0, 1, (8, H, W, C)), np.arange(8) % CLASSES).save(tmp_path / "d.npz")
+    rq.SyntheticDataset(images=rng.normal(0, 1, (8, H, W, C)), labels=np.arange(8) % CLASSES,
+                        metadata={"mode": "gaussian"}).save(tmp_path / "d.npz")  # synthetic: the range is widened
     proc = _cli("convert", tmp_path / "m.keras", "-o", tmp_path / "m.tflite", "--data-file", tmp_path / "d.npz",
                 "--report", tmp_path / "r.json", "--io", "float")
     assert proc.returncode == 0, proc.stderr
-    rng_ = json.loads((tmp_path / "r.json").read_text())["logit_range"]
+    rng_ = json.loads((tmp_path / "r.json").read_text())["synthesis"]["logit_range"]
     lo_c, hi_c = rng_["calibrated"]
     lo_w, hi_w = rng_["widened"]
     assert lo_w <= lo_c < hi_c <= hi_w

@@ -64,7 +64,8 @@ def cmd_convert(args: Sequence[str]) -> int:
     from tflite_retroq.io_utils import atomic_path, write_bytes
     if report_path:
         from tflite_retroq import __version__
-        from tflite_retroq.reports.report import convert_report, to_json
+        from tflite_retroq.io_utils import to_json
+        from tflite_retroq.reports.report import convert_report
         from tflite_retroq.tflite.inspect import inspect_model
         meta = dict(dataset.metadata)
         synthesis = dict(meta, num_images=len(dataset),
