@@ -94,7 +94,7 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
   --target T[,T...]     also estimate the model on targets: ethos-u55-128, ethos-u65-256,
                         ethos-u85-256 (Arm Vela: NPU time, operator placement, SRAM, flash,
                         encoded weights) or tflm (TFLite Micro runtime: tensor arena);
-                        needs `pip install tflite_retroq[targets]`
+                        needs `pip install -e '.[targets]'` in the clone
 """),
 )
 _FOOT = """Errors print one line `retroq: error: ...` on stderr and exit with code 2.
