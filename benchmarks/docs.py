@@ -35,19 +35,19 @@ def demo_block(report: Optional[Dict] = None) -> str:
     """The demo paragraph and table, from the demo's report.json."""
     report = report if report is not None else _load("demo.json")
     rows = report["rows"]
-    synthetic = [r for r in rows if r.get("synthesis_s") is not None]
-    counts = sorted({re.search(r"\((\d+) images\)", r["calibration"]).group(1) for r in synthetic}, key=int)
     names = {"none": "none (float32 Keras)", "gaussian": "gaussian noise", "zeroq": "zeroq (BN statistics)",
              "retro": "retro (BN + class, the paper)"}
     out = [f"**The demo** (`{report['command']}`, {report['model']}, {report['held_out_images']} held-out real digits "
-           f"used only for evaluation; {' / '.join(counts)} synthetic images per source; timings are rough on a "
-           "shared machine; numbers from `benchmarks/results/demo.json`):", "",
+           f"used only for evaluation; timings are rough on a shared machine; numbers from "
+           "`benchmarks/results/demo.json`):", "",
            "| calibration data | W8A8 top-1 | W8A8 logit SQNR | W4A8 top-1 | W4A8 logit SQNR | synthesis |",
            "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         key = r["calibration"].split(" ")[0]
         float_row = r.get("synthesis_s") is None
-        out.append(f"| {names.get(key, r['calibration'])} | {_num(r['w8_accuracy'], 2, ' %')} | "
+        count = re.search(r"\(\d+ images\)", r["calibration"])
+        name = names.get(key, r["calibration"]) + (f" {count.group(0)}" if count and key in names else "")
+        out.append(f"| {name} | {_num(r['w8_accuracy'], 2, ' %')} | "
                    f"{_num(r['w8_sqnr_db'], 1, ' dB')} | {'-' if float_row else _num(r['w4_accuracy'], 2, ' %')} | "
                    f"{_num(r['w4_sqnr_db'], 1, ' dB')} | {'-' if float_row else _num(r['synthesis_s'], 1, ' s')} |")
     return "\n".join(out) + "\n"
