@@ -16,7 +16,10 @@ setup(
     extras_require={
         # DSP/NPU targets: Arm's Ethos-U compiler and the TFLite Micro runtime + LUT compression.
         "targets": ["ethos-u-vela", "tflite-micro"],
-        "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel", "ethos-u-vela", "tflite-micro"],
+        # Qualcomm Hexagon (HTP) placement: the QNN host libraries LiteRT's Qualcomm compiler plugin links.
+        "qualcomm": ["onnxruntime-qnn"],
+        "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel", "ethos-u-vela", "tflite-micro",
+                "onnxruntime-qnn"],
     },
     entry_points={"console_scripts": ["retroq=tflite_retroq.cli.main:run"]},
 )

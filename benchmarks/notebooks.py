@@ -13,7 +13,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLAB = ROOT / "colab"
-NOTEBOOKS = ("01_quickstart.ipynb", "02_hybrid.ipynb", "03_nonuniform.ipynb")
+NOTEBOOKS = tuple(sorted(p.name for p in COLAB.glob("*.ipynb")))
 
 
 def source_digest(nb) -> str:

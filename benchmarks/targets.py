@@ -171,6 +171,24 @@ def vela_columns(tfl: bytes) -> Dict:
     return {"columns": cols, "vela": full}
 
 
+HEXAGON = "qualcomm-sm8650"
+
+
+def hexagon_columns(tfl: bytes) -> Dict:
+    """Qualcomm HTP (SM8650) placement through LiteRT's AOT plugin: NPU share, partitions, what stays on the
+    CPU and why, and the compiled size (no timing: offline there is no device)."""
+    from tflite_retroq.errors import TargetError
+    from tflite_retroq.targets.qualcomm import hexagon_estimate
+    try:
+        e = hexagon_estimate(tfl, HEXAGON)
+    except TargetError as err:
+        return {"columns": {"hex_npu_pct": None, "hex_error": str(err)[:160]}, "hexagon": {"error": str(err)}}
+    cols = {"hex_npu_pct": 100.0 * e.npu_fraction, "hex_partitions": e.partitions,
+            "hex_cpu_ops": ",".join(e.cpu_op_types) or None, "hex_compiled_kib": e.compiled_bytes / 1024,
+            "hex_context_kib": e.context_bytes / 1024}
+    return {"columns": cols, "hexagon": e.to_dict()}
+
+
 def tflm_columns(tfl: bytes, images: np.ndarray, litert: Optional[bytes]) -> Dict:
     """Arena and outputs on TFLM, against LiteRT's reference kernels on `litert` (the model or its twin):
     the largest difference in output quantization steps (0: bit-identical) and top-1 agreement."""
@@ -203,8 +221,11 @@ def static_vs_dynamic(model, data, static_pc: bytes) -> Dict:
     for tag, tfl in (("dynamic", dynamic), ("static", static_pc)):
         info = inspect_model(tfl)
         e = vela_estimate(tfl, "ethos-u55-128")
+        h = hexagon_columns(tfl)["hexagon"]
         out[tag] = {"ops": info["num_ops"], "shape_ops": sum(info["op_counts"].get(k, 0) for k in SHAPE_OPS),
-                    "vela_npu_ops": e.npu_ops, "vela_cpu_ops": e.cpu_ops, "u55_us": e.inference_time_s * 1e6}
+                    "vela_npu_ops": e.npu_ops, "vela_cpu_ops": e.cpu_ops, "u55_us": e.inference_time_s * 1e6,
+                    "hex_partitions": h.get("partitions"), "hex_npu_ops": h.get("npu_ops"),
+                    "hex_cpu_ops": h.get("cpu_ops"), "hex_rejected": h.get("rejected"), "hex_error": h.get("error")}
     return out
 
 
@@ -235,7 +256,7 @@ def run_model(key: str, quick: bool) -> Dict:
         else:
             built[v.name] = tfl
     tflm_x = data.all_x[np.linspace(0, len(data.all_x) - 1, FLAGS.tflm_images).astype(int)]
-    rows, vela = [], {}
+    rows, vela, hexagon = [], {}, {}
     for v in VARIANTS:
         if v.name not in built:
             continue
@@ -256,10 +277,13 @@ def run_model(key: str, quick: bool) -> Dict:
         vc = vela_columns(tfl)
         row.update(vc["columns"])
         vela[v.name] = vc["vela"]
+        hc = hexagon_columns(tfl)
+        row.update(hc["columns"])
+        hexagon[v.name] = hc["hexagon"]
         row.update(tflm_columns(tfl, tflm_x, src))
         rows.append(row)
         common.log(f"{name} {v.name}: agree {row.get('agreement') or 0:.2f} u55 {row.get('u55_us') or 0:.0f} us "
-                   f"npu {row['npu_pct'] or 0:.0f}% arena {row.get('tflm_arena_kib') or 0:.1f} KiB")
+                   f"npu {row['npu_pct'] or 0:.0f}% hexagon {row.get('hex_partitions')} partitions arena {row.get('tflm_arena_kib') or 0:.1f} KiB")
     runnable = {v.name: built[v.name] for v in VARIANTS if v.name in built and v.litert}
     lat = litert_latencies(runnable, RESOLVERS, runs=3 if quick else FLAGS.latency_runs, warmup=1 if quick else 3)
     base = lat.get(REFERENCE)
@@ -269,14 +293,15 @@ def run_model(key: str, quick: bool) -> Dict:
             row[f"lat_{r}_us"] = t[r] * 1e6 if t else None
             row[f"lat_{r}_x"] = t[r] / base[r] if t and base else None
     sd = static_vs_dynamic(model, ds, built[REFERENCE])
-    return {"rows": rows, "vela": {name: vela}, "skipped": {name: skipped}, "static": {name: sd},
+    return {"rows": rows, "vela": {name: vela}, "hexagon": {name: hexagon}, "skipped": {name: skipped}, "static": {name: sd},
             "synthesis": {name: {"images": len(ds), "mode": ds.mode, "seconds": synth_s,
                                  "iterations": ds.metadata.get("iterations_run")}}}
 
 
 # --------------------------------------------------------------------------- output
 COLUMNS = ["model", "variant", "accuracy", "agreement", "sqnr_db", "size_kib", "u55_us", "u65_us", "u85_us",
-           "npu_pct", "u55_encoded_kib", "u55_flash_kib", "u55_sram_kib", "tflm_arena_kib", "tflm_steps",
+           "npu_pct", "u55_encoded_kib", "u55_flash_kib", "u55_sram_kib", "hex_npu_pct", "hex_partitions",
+           "hex_cpu_ops", "hex_compiled_kib", "tflm_arena_kib", "tflm_steps",
            "lat_auto_x", "lat_builtin_x", "lat_reference_x"]
 
 
@@ -347,19 +372,29 @@ def relative_table(rows: List[Dict]) -> str:
 
 
 def static_table(static: Dict) -> str:
+    def hexagon(d):
+        if d.get("hex_error"):
+            return "error"
+        return f"{d['hex_npu_ops']}/{d['hex_cpu_ops']}, {d['hex_partitions']}"
+
     lines = ["## Static-shape export (per-channel W8): default dynamic batch vs `batch_size=1`", "",
              "| model | ops dynamic | shape ops dynamic | ops static | shape ops static | Vela NPU/CPU ops dynamic "
-             "| Vela NPU/CPU ops static | U55 us dynamic | U55 us static |", "|---|---|---|---|---|---|---|---|---|"]
+             "| Vela NPU/CPU ops static | U55 us dynamic | U55 us static | Hexagon NPU/CPU ops, partitions dynamic "
+             "| Hexagon NPU/CPU ops, partitions static |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    reasons = []
     for model, d in static.items():
         a, b = d["dynamic"], d["static"]
         lines.append(f"| {model} | {a['ops']} | {a['shape_ops']} | {b['ops']} | {b['shape_ops']} | "
                      f"{a['vela_npu_ops']}/{a['vela_cpu_ops']} | {b['vela_npu_ops']}/{b['vela_cpu_ops']} | "
-                     f"{a['u55_us']:.0f} | {b['u55_us']:.0f} |")
+                     f"{a['u55_us']:.0f} | {b['u55_us']:.0f} | {hexagon(a)} | {hexagon(b)} |")
+        for tag, x in (("dynamic", a), ("static", b)):
+            reasons += [f"- {model} {tag}: op #{r['index']} {r['op']}: {r['reason']}" for r in x.get("hex_rejected") or []]
+    if reasons:
+        lines += ["", "Operators the Qualcomm compiler left on the CPU, with its reasons:", ""] + reasons
     return "\n".join(lines)
 
 
 def write(result: Dict, started: float) -> None:
-    import tflite_retroq as rq
     from tflite_retroq.targets.vela import ETHOS_U
     skipped = {m: s for m, s in result["skipped"].items() if s}
     skip_md = ""
@@ -378,7 +413,10 @@ def write(result: Dict, started: float) -> None:
              "the NPU, so none), npu_pct: lowest share of operators Vela placed on the NPU over the three "
              "configurations; u55_encoded/flash/sram: Vela's encoded weight bytes, flash and SRAM use on "
              "Ethos-U55-128 (KiB). Systems: " + ", ".join(f"{a} = {s}/{m}" for a, (s, m) in ETHOS_U.items()) +
-             ". tflm_arena_kib: TFLite Micro tensor arena; tflm_steps: largest difference between TFLM's "
+             ". hex_*: Qualcomm Hexagon HTP on SM8650 through LiteRT's AOT compiler plugin (placement, not time: no device "
+             "offline): hex_npu_pct: share of operators on the NPU, hex_partitions: NPU partitions (1 = the whole "
+             "model in one dispatch), hex_cpu_ops: operators left on the CPU, hex_compiled_kib: the compiled .tflite "
+             "with its HTP context binaries. tflm_arena_kib: TFLite Micro tensor arena; tflm_steps: largest difference between TFLM's "
              "outputs and LiteRT's reference kernels on the same images, in output quantization steps (0 = "
              "bit-identical; float: absolute; LUT-packed: against its unpacked twin). lat_*_x: LiteRT single-"
              "thread median latency relative to per-channel W8 on the same resolver, all variants interleaved in "
@@ -390,20 +428,20 @@ def write(result: Dict, started: float) -> None:
                          params={"quick": FLAGS.quick, "models": FLAGS.models, "latency_runs": FLAGS.latency_runs,
                                  "tflm_images": FLAGS.tflm_images, "eval_images": FLAGS.eval_images,
                                  "versions": _versions()},
-                         extra={k: result[k] for k in ("vela", "skipped", "static", "synthesis")})
+                         extra={k: result[k] for k in ("vela", "hexagon", "skipped", "static", "synthesis")})
     plot(result["rows"], f"{FLAGS.out}/targets.png")
 
 
 def _versions() -> Dict:
     import importlib.metadata as md
-    return {p: md.version(p) for p in ("ethos-u-vela", "tflite-micro", "ai-edge-litert")}
+    return {p: md.version(p) for p in ("ethos-u-vela", "tflite-micro", "ai-edge-litert", "onnxruntime-qnn")}
 
 
 def main(argv):
     del argv
     started = time.perf_counter()
     keys = ["ic_resnet8"] if FLAGS.quick else FLAGS.models
-    result = {"rows": [], "vela": {}, "skipped": {}, "static": {}, "synthesis": {}}
+    result = {"rows": [], "vela": {}, "hexagon": {}, "skipped": {}, "static": {}, "synthesis": {}}
     for key in keys:
         if key not in MODEL_NAMES:
             raise app.UsageError(f"unknown model {key!r}; choose from {', '.join(MODEL_NAMES)}")
@@ -414,7 +452,7 @@ def main(argv):
             result["skipped"][MODEL_NAMES[key]] = {"(model)": f"not available: {e}"}
             continue
         result["rows"] += part["rows"]
-        for k in ("vela", "skipped", "static", "synthesis"):
+        for k in ("vela", "hexagon", "skipped", "static", "synthesis"):
             result[k].update(part[k])
         write(result, started)  # partial results after every model
     write(result, started)

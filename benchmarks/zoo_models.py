@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from absl import app, flags
 
-from benchmarks import common
+from benchmarks import common, range_fidelity
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("zoo_dir", common.DEFAULT_ZOO, "Shared model zoo directory.")
@@ -36,6 +36,7 @@ flags.DEFINE_list("models", None, "Subset of models (default: all).")
 flags.DEFINE_bool("quick", False, "Two small models, small budgets, few images (a smoke run, not results).")
 flags.DEFINE_integer("eval_limit", None, "Evenly spaced subset of the evaluation images.")
 flags.DEFINE_string("name", None, "Result file name (default zoo_models, or zoo_models_quick).")
+flags.DEFINE_list("sources", None, "Subset of calibration sources by name (default: all; see SOURCES).")
 
 
 class Case:
@@ -97,10 +98,14 @@ CASES: Dict[str, Case] = {
 }
 
 
+SOURCES = ("real", "gaussian", "zeroq", "retro", "retro, no logit widening", "retro (before)")
+
+
 def _sources(quick: bool):
+    """(name, config or None for real images, logit_range) of every source FLAGS.sources selects."""
     import tflite_retroq as rq
     small = {"images": 32, "iterations": 5} if quick else {}
-    return [
+    all_sources = [
         ("real", None, "auto"),
         ("gaussian", rq.SynthesisConfig(mode="gaussian", **small), "auto"),
         ("zeroq", rq.SynthesisConfig(mode="zeroq", **small), "auto"),
@@ -110,6 +115,10 @@ def _sources(quick: bool):
                                               iterations=5 if quick else 100, time_budget=None,
                                               batch_size=10_000), "calibrated"),
     ]
+    unknown = set(FLAGS.sources or ()) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown sources {sorted(unknown)}; choose from {SOURCES}")
+    return [s for s in all_sources if FLAGS.sources is None or s[0] in FLAGS.sources or s[0] == "real"]
 
 
 def _evaluate(tfl: bytes, x, test_y, is_test, ref, labels_meaningful: bool) -> Dict:
@@ -131,6 +140,7 @@ def run_case(key: str, case: Case, quick: bool) -> List[Dict]:
     if case.reference is not None:
         rows.append(dict({"model": case.name, "source": "MLPerf int8 (real images)"},
                          **_evaluate(case.reference(), x, test_y, is_test, ref, case.labels_meaningful)))
+    real_cal = None
     for name, cfg, logit_range in _sources(quick):
         t0 = time.perf_counter()
         if cfg is None:
@@ -138,11 +148,17 @@ def run_case(key: str, case: Case, quick: bool) -> List[Dict]:
         else:
             data = rq.synthesize(model, cfg, progress=False)
         synth_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
         tfl = rq.convert(model, data, logit_range=logit_range)
-        row = {"model": case.name, "source": name, "synthesis_s": round(synth_s, 1), "images": len(data)}
+        convert_s = time.perf_counter() - t0
+        plain = rq.calibrate(model, data, logit_range="calibrated")  # what any min/max tool sees in the data
+        real_cal = plain if cfg is None else real_cal
+        row = {"model": case.name, "source": name, "synthesis_s": round(synth_s, 1),
+               "convert_s": round(convert_s, 1), "images": len(data)}
         plan = data.metadata.get("plan") or {}
         row["iterations"] = plan.get("iterations")
         row.update(_evaluate(tfl, x, test_y, is_test, ref, case.labels_meaningful))
+        row.update(range_fidelity.fidelity(plain, real_cal))
         if cfg is not None:
             row["input_space"] = data.metadata["input_space"]["source"].split(" -> ")[-1][:60]
         rows.append(row)
@@ -165,10 +181,15 @@ def main(argv):
         "`retro (before)` is the previous default (8 images per class in one batch, 100 iterations, min/max logits), "
         "given the same inferred input space; with no input flags the previous version assumed N(0, 1) on ResNet-8 "
         "and gave 10.5 % top-1 (issue 10). `retro, no logit widening` isolates the logits-range pass. synthesis_s "
-        "includes compilation; the machine was shared, timings are rough.")
+        "includes compilation; the machine was shared, timings are rough. range_* = range fidelity "
+        "(benchmarks/range_fidelity.py): per activation tensor of the plainly min/max-calibrated float model, the "
+        "source's range width over real images' (1 = same scale as real data); median over tensors, worst (furthest "
+        "from 1), at the classifier's input features (the global pool where there is one) and at the logits. It "
+        "measures the data alone: no logits-range pass is applied to it, whatever the row's converter setting.")
     common.write_results(FLAGS.out, FLAGS.name or ("zoo_models_quick" if FLAGS.quick else "zoo_models"),
                          "Calibration sources on every model we have (W8A8 per-channel, no input flags)", rows,
-                         ["model", "source", "top1", "agreement", "sqnr_db", "images", "iterations", "synthesis_s",
+                         ["model", "source", "top1", "agreement", "sqnr_db", "range_median", "range_worst",
+                          "range_features", "range_logits", "images", "iterations", "synthesis_s", "convert_s",
                           "input_space"],
                          params={"quick": FLAGS.quick, "eval_limit": FLAGS.eval_limit,
                                  "defaults": __import__("tflite_retroq").SynthesisConfig().to_dict()},

@@ -81,7 +81,7 @@ def bn_model():
 
 @pytest.fixture(scope="session")
 def nobn_model():
-    """No BatchNorm at all, logits output, no preprocessing front (default N(0,1) space)."""
+    """No BatchNorm at all, logits output, no preprocessing front: its input space must be stated (untrained)."""
     keras = _keras()
     keras.utils.set_random_seed(1)
     inp = keras.Input((H, W, C))
@@ -195,7 +195,7 @@ def int8_bytes(bn_model, calib_data):
 @pytest.fixture(scope="session")
 def flatten_model():
     """Conv (stride 2) -> DepthwiseConv -> Flatten -> Dense on 8x8x2: Flatten brings SHAPE/STRIDED_SLICE/PACK
-    into a dynamic-batch .tflite. Weight sizes are multiples of 16 bytes (Vela pads weight streams to 16)."""
+    into the stock converter's dynamic-batch .tflite (our export folds them). Weight sizes are multiples of 16 bytes (Vela pads weight streams to 16)."""
     keras = _keras()
     keras.utils.set_random_seed(11)
     inp = keras.Input((8, 8, 2), name="image")
@@ -243,6 +243,18 @@ def lut_calibrated(lut_model):
     data = rq.synthesize(lut_model, rq.SynthesisConfig(mode="retro", samples_per_class=4, iterations=20, seed=3),
                          progress=False)
     return rq.calibrate(lut_model, data), data
+
+
+def stock_int8(model, images):
+    """The stock TFLiteConverter's full-int8 export (dynamic batch: a Flatten computes its shape at run time,
+    SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE), calibrated on `images` one at a time: the independent reference."""
+    import tensorflow as tf
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x[None]] for x in images)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    return bytes(conv.convert())
 
 
 def retroq_command():

@@ -60,7 +60,7 @@ def test_synthesis_round_trip_through_json():
 
 @pytest.mark.parametrize("kwargs, needle", [
     ({"scheme": "per-row"}, "scheme="),
-    ({"io": "uint8"}, "io="),
+    ({"io": "uint16"}, "io="),
     ({"weight_bits": 5}, "weight_bits=5"),
     ({"weight_bits": 16}, "choose 8, 6 or 4"),
 ])

@@ -206,19 +206,23 @@ def test_user_mean_wrong_channel_count():
         resolve_input_space(_front_model(), InputSpec(mean=(0.5, 0.5), std=(0.2, 0.2)))
 
 
-def test_default_space_without_front_is_a_stated_guess(nobn_model):
-    space = resolve_input_space(nobn_model)
-    assert space.source.startswith("guessed") and "--input-range" in space.source
-    with pytest.warns(UserWarning, match="input space guessed"):
+def test_untrained_model_without_front_is_refused_with_the_evidence(nobn_model):
+    """Nothing in the model states its input scale and its logits fit no convention: refuse, naming the flags."""
+    with pytest.raises(rq.InputSpecError) as e:
+        resolve_input_space(nobn_model)
+    msg = str(e.value)
+    assert "--input-range" in msg and "--input-mean" in msg and "\n" not in msg
+    for label in ("N(0, 1):", "[0, 1]:", "[-1, 1]:", "[0, 255]:"):
+        assert label in msg  # the evidence for every candidate
+    with pytest.raises(rq.InputSpecError, match="input space"):
         rq.synthesize(nobn_model, rq.SynthesisConfig(images=4, iterations=1), progress=False)
 
 
-@pytest.mark.parametrize("trained_on", [(0.0, 255.0), (0.0, 1.0)])
-def test_guess_without_batchnorm_follows_the_output_scale(trained_on):
-    """A no-BN ReLU net whose logits spread like a trained classifier's (a few units) on blocky images in
-    `trained_on`, and by orders of magnitude less or more in other conventions: the guess finds the range."""
+def _spread_model(trained_on, seed=4):
+    """A no-BN ReLU net whose logits spread like a trained classifier's (3 units) on blocky images in
+    `trained_on`. ReLU nets without biases are positively homogeneous, so other conventions scale the spread."""
     import keras
-    keras.utils.set_random_seed(4)
+    keras.utils.set_random_seed(seed)
     inp = keras.Input((H, W, C))
     x = keras.layers.Conv2D(8, 3, activation="relu", bias_initializer="zeros")(inp)
     model = keras.Model(inp, keras.layers.Dense(NUM_CLASSES, use_bias=False)(keras.layers.GlobalAveragePooling2D()(x)))
@@ -227,8 +231,75 @@ def test_guess_without_batchnorm_follows_the_output_scale(trained_on):
     y = np.asarray(model(lo + (hi - lo) * u))
     dense = model.layers[-1]
     dense.kernel.assign(dense.kernel.numpy() * 3.0 / np.median((y - y.mean(1, keepdims=True)).std(1)))
+    return model
+
+
+def test_guess_taken_when_one_convention_clearly_fits():
+    """Raw 0..255 pixels: only [0, 255] spreads logits like a trained classifier, by orders of magnitude."""
+    model = _spread_model((0.0, 255.0))
     space = resolve_input_space(model)
-    assert space.source.startswith("guessed") and (space.lo[0], space.hi[0]) == trained_on
+    assert space.source.startswith("guessed") and (space.lo[0], space.hi[0]) == (0.0, 255.0)
+    assert "--input-range" in space.source
+    with pytest.warns(UserWarning, match="input space guessed"):
+        rq.synthesize(model, rq.SynthesisConfig(images=4, iterations=1), progress=False)
+
+
+def test_near_tie_between_unit_conventions_is_refused():
+    """[0, 1] vs [-1, 1] vs N(0, 1) differ in scale by 2-3.5x only: a spread near 3 in one is near 3 in another."""
+    model = _spread_model((0.0, 1.0))
+    with pytest.raises(rq.InputSpecError, match="both fit"):
+        resolve_input_space(model)
+    # The user's statement settles it.
+    assert resolve_input_space(model, InputSpec(value_range=(0.0, 1.0))).source.startswith("user")
+
+
+def _normalized_trained_model():
+    """A BN-free CNN with no preprocessing layer, trained on pixels normalized with an unusual mean and std
+    ((p - 40) / 70 for p in 0..255): the only honest input space is the one the user states."""
+    import keras
+    rng = np.random.default_rng(0)
+    n = 600
+    labels = rng.integers(0, NUM_CLASSES, n)
+    yy, xx = np.mgrid[0:H, 0:W]
+    images = np.empty((n, H, W, C), np.float32)
+    for i, k in enumerate(labels):  # class = position of a bright square on a dark, noisy background
+        cy, cx = divmod(int(k), 2)
+        mask = ((yy // (H // 2)) == cy) & ((xx // (W // 2)) == cx)
+        images[i] = np.clip(rng.normal(30, 20, (H, W, C)) + 180 * mask[..., None], 0, 255)
+    x = (images - 40.0) / 70.0
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((H, W, C))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(h)
+    out = keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:500], labels[:500], epochs=8, batch_size=50, verbose=0)
+    return model, x[500:], labels[500:]
+
+
+def test_normalized_input_without_bn_is_refused_or_converted_well(tmp_path):
+    """Issue 16's rule: such a model is refused without input flags (CLI exit 2, one line), or it converts
+    within 1 point of float. Never a silent wrong guess."""
+    import subprocess
+    from conftest import retroq_command
+    model, x_test, y_test = _normalized_trained_model()
+    float_acc = float(np.mean(np.argmax(np.asarray(model(x_test)), 1) == y_test))
+    assert float_acc > 0.9  # the fixture learned its task
+    path = tmp_path / "norm.keras"
+    model.save(path)
+    out = tmp_path / "norm.tflite"
+    proc = subprocess.run(retroq_command() + ["convert", str(path), "-o", str(out), "--images", "16",
+                                              "--iterations", "5", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode == 2:
+        assert proc.stderr.count("\n") == 1 and "--input-range" in proc.stderr and "--input-mean" in proc.stderr
+        assert not out.exists() and proc.stdout == ""
+    else:
+        assert proc.returncode == 0, proc.stderr
+        res = rq.evaluate(out.read_bytes(), x_test, y_test)
+        assert res.accuracy >= 100.0 * float_acc - 1.0  # percent
 
 
 # ----------------------------------------------------------------------------- validation
@@ -406,5 +477,9 @@ def test_input_space_not_inferred_through_activation():
     x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
     x = keras.layers.BatchNormalization()(x)
     model = keras.Model(inp, keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling2D()(x)))
-    space = resolve_input_space(model)
-    assert space.source.startswith("guessed") and "--input-range" in space.source
+    from tflite_retroq.model.input_space import infer_input_space_from_bn
+    assert infer_input_space_from_bn(model, C) is None
+    try:  # the fallback is the guess: taken only on clear evidence, else refused naming the flags
+        assert resolve_input_space(model).source.startswith("guessed")
+    except rq.InputSpecError as e:
+        assert "--input-range" in str(e)

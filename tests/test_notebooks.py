@@ -108,6 +108,16 @@ def test_hybrid_notebook_runs(tmp_path, monkeypatch):
     assert (work / "digits_hybrid_w4.tflite").is_file()
 
 
+def test_low_bit_notebook_runs(tmp_path, monkeypatch):
+    text, _, _ = _execute("04_low_bit.ipynb", tmp_path, monkeypatch)
+    rows = {m.group(1) + " " + m.group(2): (float(m.group(3)), float(m.group(4)))
+            for m in re.finditer(r"W(\d)A8 (nearest|learned)\s+([\d.]+)%\s+([\d.]+)%", text)}
+    assert set(rows) == {"6 nearest", "6 learned", "4 nearest", "4 learned"}, text
+    m = re.search(r"int8 containers (\d+) bytes -> INT4 (\d+) bytes .*outputs identical: (\w+)", text)
+    assert m and int(m.group(2)) < int(m.group(1)) and m.group(3) == "True", text
+    assert "17 = INT4" in text and "[17]" in text, text
+
+
 def _notebooks():
     return sorted(COLAB.glob("*.ipynb"))
 

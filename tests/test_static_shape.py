@@ -1,4 +1,5 @@
-"""Static-shape export (`convert(..., batch_size=N)`): no shape-computing operators, same numbers.
+"""Static-shape export (`convert(..., batch_size=N)`) and the default export's folded Flatten shapes:
+no shape-computing operators, same numbers, the user's signature names.
 
 The reference for "same numbers" is the default dynamic-batch conversion of the same model
 from the same calibration images (the converter's own output), and the Keras model itself
@@ -69,7 +70,7 @@ def _per_image(b, images):
 def test_static_export_drops_shape_ops_and_keeps_outputs(flat_model, calibrations, flat_images, bits):
     dynamic = rq.convert(flat_model, None, calibrated=calibrations[None], weight_bits=bits)
     static = rq.convert(flat_model, None, calibrated=calibrations[1], weight_bits=bits, batch_size=1)
-    assert SHAPE_OPS <= _ops(dynamic)  # the problem exists without the option
+    assert not SHAPE_OPS & _ops(dynamic)  # folded to a constant [-1, 256] shape (fold_batch_reshapes)
     assert not SHAPE_OPS & _ops(static)
     assert _input_signature(dynamic)[0] == -1 and _input_signature(static) == [1, 8, 8, 2]
     # Same calibration images, batched by one either way: identical ranges, so identical integers.
@@ -147,3 +148,56 @@ def test_static_float_io(flat_model, calibrations, flat_images):
     static = rq.convert(flat_model, None, calibrated=calibrations[1], io="float", batch_size=1)
     assert not SHAPE_OPS & _ops(static)
     np.testing.assert_array_equal(rq.run_tflite(static, flat_images), rq.run_tflite(dynamic, flat_images))
+
+
+# ----------------------------------------------------------------------------- signature names
+
+def _signature(b):
+    """(input names, output names) of the serving signature, as LiteRT reports them."""
+    from ai_edge_litert.interpreter import Interpreter
+    sig = Interpreter(model_content=b).get_signature_list()["serving_default"]
+    return sig["inputs"], sig["outputs"]
+
+
+def test_static_export_keeps_the_signature_names(flat_model, calibrations, flat_images):
+    """The signature input is the Keras Input's name ('image' in the fixture), static or not; a signature
+    runner looks it up by that name and gets the same outputs as the dynamic export."""
+    from ai_edge_litert.interpreter import Interpreter
+    dynamic = rq.convert(flat_model, None, calibrated=calibrations[None])
+    static = rq.convert(flat_model, None, calibrated=calibrations[1], batch_size=1)
+    assert _signature(dynamic) == _signature(static) == (["image"], ["output_0"])
+    assert _signature(rq.float_tflite(flat_model, batch_size=1))[0] == ["image"]
+    outs = []
+    for b in (dynamic, static):
+        it = Interpreter(model_content=b)
+        run = it.get_signature_runner("serving_default")
+        s, zp = it.get_input_details()[0]["quantization"]
+        x = np.clip(np.round(flat_images[:1] / s) + zp, -128, 127).astype(np.int8)
+        outs.append(run(image=x)["output_0"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+# ----------------------------------------------------------------------------- folded Flatten shapes
+
+def test_fold_batch_reshapes_keeps_values_and_dynamic_batch(flat_model, flat_images):
+    from tflite_retroq.static_shape import fold_batch_reshapes
+    from conftest import stock_int8
+    plain = stock_int8(flat_model, flat_images)
+    assert SHAPE_OPS <= _ops(plain)  # the problem exists in the stock converter's output
+    folded = fold_batch_reshapes(plain)
+    assert not SHAPE_OPS & _ops(folded) and _ops(folded) == _ops(plain) - SHAPE_OPS
+    assert _input_signature(folded)[0] == -1
+    want = _per_image(plain, flat_images)
+    np.testing.assert_array_equal(_per_image(folded, flat_images), want)
+    for batch in (5, 13):  # the batch stays dynamic: any batch runs, same integers
+        np.testing.assert_array_equal(rq.run_tflite(folded, flat_images, batch_size=batch, resolver="reference"),
+                                      rq.run_tflite(plain, flat_images, batch_size=batch, resolver="reference"))
+    assert fold_batch_reshapes(folded) == folded  # nothing left to fold: the bytes come back unchanged
+
+
+def test_default_float_export_is_folded_and_matches_keras(flat_model, flat_images):
+    from tflite_retroq.evaluate import keras_outputs
+    fl = rq.float_tflite(flat_model)
+    assert not SHAPE_OPS & _ops(fl) and _input_signature(fl)[0] == -1
+    np.testing.assert_allclose(rq.run_tflite(fl, flat_images, batch_size=4), keras_outputs(flat_model, flat_images),
+                               rtol=1e-4, atol=1e-4)

@@ -50,9 +50,9 @@ def _bn_distance(model, images):
 
 
 def _np_targets(labels, num_classes, rng):
-    """The target recipe of Algorithm 1, re-implemented: p(label) ~ U(0.6, 0.95), the rest random."""
+    """The target recipe of Algorithm 1, re-implemented: p(label) ~ U(0.9, 0.99) (the default), the rest random."""
     n = len(labels)
-    p = rng.uniform(0.6, 0.95, size=n)
+    p = rng.uniform(0.9, 0.99, size=n)
     rest = rng.uniform(0.0, 1.0, size=(n, num_classes))
     rest[np.arange(n), labels] = 0.0
     rest = rest / rest.sum(axis=1, keepdims=True) * (1.0 - p)[:, None]
@@ -152,7 +152,7 @@ def test_make_targets_properties():
     np.testing.assert_array_equal(np.argmax(t, 1), labels)
     np.testing.assert_allclose(t.sum(1), 1.0, rtol=1e-6)
     tp = t[np.arange(35), labels]
-    assert np.all(tp >= 0.6) and np.all(tp < 0.95) and np.all(t >= 0)
+    assert np.all(tp >= 0.9) and np.all(tp < 0.99) and np.all(t >= 0)
     np.testing.assert_allclose(t, _np_targets(labels, 5, np.random.default_rng(1)), rtol=1e-6)
 
 

@@ -234,9 +234,9 @@ def test_tflm_runs_lut_packed_models(flatten_model, flat_cal):
 def test_scalar_constant_without_shape_vector(flatten_model, flat_cal):
     """Flatbuffer writers may drop an empty shape vector (a scalar constant, e.g. PACK's -1 after a ModelT
     round trip in the packing passes); tensor_array and inspect treat it as a scalar instead of crashing."""
-    data = rq.synthesize(flatten_model, rq.SynthesisConfig(mode="gaussian", samples_per_class=3, seed=2),
-                         progress=False)
-    m = tfm.read(rq.convert(flatten_model, data))  # dynamic batch: PACK takes scalar constants
+    import tensorflow as tf
+    # The stock converter's dynamic-batch export (ours folds Flatten's shape): PACK takes scalar constants.
+    m = tfm.read(bytes(tf.lite.TFLiteConverter.from_keras_model(flatten_model).convert()))
     sg = m.subgraphs[0]
     scalars = [i for i, t in enumerate(sg.tensors) if t.shape is not None and len(t.shape) == 0
                and tfm.tensor_array(m, sg, i) is not None]
@@ -247,3 +247,42 @@ def test_scalar_constant_without_shape_vector(flatten_model, flat_cal):
     m2 = tfm.read(b)
     assert all(tfm.tensor_array(m2, m2.subgraphs[0], i).shape == () for i in scalars)
     assert "PACK" in inspect_model(b)["op_counts"]
+
+
+# ----------------------------------------------------------------------------- Vela options, per-target errors
+
+def test_vela_system_config_and_memory_mode(w8, vela_w8):
+    """Deep_Embedded clocks the U55 at 200 MHz (Vela's Arm/vela.ini) instead of High_End's 500 MHz."""
+    e = vela.vela_estimate(w8, "ethos-u55-128", system_config="Ethos_U55_Deep_Embedded", memory_mode="Sram_Only")
+    assert (e.system_config, e.memory_mode) == ("Ethos_U55_Deep_Embedded", "Sram_Only")
+    assert e.inference_time_s == pytest.approx(e.cycles / 200e6, rel=1e-6)
+    assert e.macs == vela_w8.macs and e.inference_time_s > vela_w8.inference_time_s
+    d = estimate.estimate(w8, "ethos-u55-128", system_config="Ethos_U55_Deep_Embedded")
+    assert (d["system_config"], d["memory_mode"]) == ("Ethos_U55_Deep_Embedded", "Shared_Sram")  # default mode
+    with pytest.raises(rq.ConfigError, match="Ethos_U55_Deep_Embedded"):
+        vela.vela_estimate(w8, "ethos-u55-128", system_config="Ethos_U55_Tiny")
+    with pytest.raises(rq.ConfigError, match="Sram_Only"):
+        vela.vela_estimate(w8, "ethos-u55-128", memory_mode="Sram_Lots")
+
+
+def test_one_failing_target_does_not_hide_the_others(tmp_path, flatten_model, flat_cal):
+    """U55 rejects a LUT-packed file (TFLM's DECODE); TFLM still reports its arena, and the exit code says
+    that a target failed (1), with one error line for it."""
+    packed = rq.convert(flatten_model, None, calibrated=flat_cal, batch_size=1, scheme="per-tensor",
+                        nonuniform=True, weight_bits=4, pack="lut")
+    results, failed = estimate.estimates(packed, ["ethos-u55-128", "tflm"])
+    assert failed == 1 and "error" in results["ethos-u55-128"]
+    assert results["tflm"]["arena_bytes"] == tflm.tflm_run(packed).arena_bytes
+    path = tmp_path / "packed.tflite"
+    path.write_bytes(packed)
+    proc = _retroq("inspect", path, "--target", "ethos-u55-128,tflm", "--system-config", "Ethos_U55_Deep_Embedded")
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("retroq: error: target ethos-u55-128:")
+    assert "ethos-u55-128: FAILED" in proc.stdout and f"tensor arena {results['tflm']['arena_bytes']:,}" in proc.stdout
+
+
+def test_cli_vela_options_need_an_ethos_target(tmp_path, w8):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(w8)
+    proc = _retroq("inspect", path, "--target", "tflm", "--memory-mode", "Sram_Only")
+    assert proc.returncode == 2 and "needs an Ethos-U target" in proc.stderr and proc.stdout == ""

@@ -21,9 +21,11 @@ from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
 from tflite_retroq.model.batchnorm import fold_batchnorm
 from tflite_retroq.model.loading import load_model
 from tflite_retroq.synthesis import synthesize
+from tflite_retroq.quality import QualityEstimate, estimate_quality, holdout_images
 from tflite_retroq.config import HybridConfig
 from tflite_retroq.methods.plan import HybridPlan, LayerSensitivity, SensitivityResult, select_layers
 from tflite_retroq.methods.sensitivity import analyze_sensitivity
+from tflite_retroq.methods.rounding import RoundingConfig
 
 
 def representative_dataset(data: SyntheticDataset, batch_size: int = 1):
@@ -37,9 +39,12 @@ __all__ = [
     "synthesize", "convert", "calibrate", "quantize_calibrated", "float_tflite", "representative_dataset",
     "evaluate", "run_tflite", "EvalResult", "fold_batchnorm", "load_model", "SyntheticDataset",
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
+    "RoundingConfig",
     "analyze_sensitivity", "select_layers", "SensitivityResult", "LayerSensitivity", "HybridPlan", "HybridConfig",
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
     "OutOfMemoryError", "QuantizationError",
     # targets: Vela (Ethos-U), TFLite Micro, LiteRT latency
     "TargetError", "vela_estimate", "VelaEstimate", "tflm_run", "TFLMResult", "litert_latency",
+    # the quality estimate on held-out synthetic images
+    "estimate_quality", "holdout_images", "QualityEstimate",
 ]

@@ -21,21 +21,38 @@ class SynthesisMode(str, enum.Enum):
 
 
 class Scheme(str, enum.Enum):
+    """Weight quantization scheme.
+
+    HYBRID is the paper's name: per-tensor, with the layers that need it per-channel
+    (methods/sensitivity.py). It is NOT TFLite's "hybrid" (dynamic-range: int8 weights, float
+    activations); every scheme here is full-integer. "mixed-channel" (Scheme.MIXED) is the
+    same scheme under a name without that clash.
+    """
+
     PER_CHANNEL = "per-channel"
     PER_TENSOR = "per-tensor"
-    HYBRID = "hybrid"  # per-tensor, with the layers that need it per-channel (sensitivity.py)
+    HYBRID = "hybrid"
+    MIXED = "hybrid"  # alias of HYBRID; the string "mixed-channel" is accepted too
+
+    @classmethod
+    def _missing_(cls, value):
+        return cls.HYBRID if value == "mixed-channel" else None
 
 
 class IOType(str, enum.Enum):
+    """Model input/output type. UINT8: TFLite's inference_input_type=uint8 (a QUANTIZE at each end:
+    the int8 model's values shifted by 128, same scale)."""
+
     INT8 = "int8"
     FLOAT = "float"
+    UINT8 = "uint8"
 
 
 def _enum(cls, value, name):
     try:
         return cls(value.value if isinstance(value, enum.Enum) else value)
     except ValueError:
-        choices = ", ".join(repr(m.value) for m in cls)
+        choices = ", ".join(repr(m.value) for m in cls) + (" (or 'mixed-channel')" if cls is Scheme else "")
         raise ConfigError(f"{name}={value!r} is not valid; choose one of {choices}.") from None
 
 
@@ -52,9 +69,11 @@ class SynthesisConfig:
     """Algorithm 1 knobs. Defaults were chosen by measurement across models (see README, benchmarks).
 
     The image count is a total budget (`images`), spread over the classes and generated in
-    mini-batches of `batch_size` (None: chosen from the model's activation memory and the
-    machine's free memory). `samples_per_class` is the balanced per-class form instead of
-    `images`; give at most one of the two.
+    mini-batches of `batch_size` (None: chosen from the model's activation memory against a
+    fixed reference budget). `samples_per_class` is the balanced per-class form instead of
+    `images`; give at most one of the two. Default work is planned from the model's forward
+    FLOPs (WORK_FLOPS), so the same config gives the same images everywhere; `time_budget`
+    (seconds, off by default) instead cuts the defaults to what this machine does in that time.
     """
 
     mode: SynthesisMode = SynthesisMode.RETRO
@@ -62,19 +81,24 @@ class SynthesisConfig:
     samples_per_class: Optional[int] = None
     batch_size: Optional[int] = None
     iterations: Optional[int] = None
-    time_budget: Optional[float] = 30.0
+    time_budget: Optional[float] = None
     learning_rate: float = 0.1
     bn_weight: float = 1.0
     prior_weight: float = 1.0
     class_weight: float = 1.0
     class_loss: str = "mse"
-    target_confidence: Tuple[float, float] = (0.6, 0.95)
+    # As confident as a trained classifier on its training data: softer targets (0.6-0.95) give unconfident
+    # images whose pooled features and logits span half real data's range (benchmarks/results/zoo_models.md).
+    target_confidence: Tuple[float, float] = (0.9, 0.99)
     seed: int = 0
 
     DEFAULT_IMAGES: ClassVar[int] = 256
     DEFAULT_ITERATIONS: ClassVar[int] = 100
-    MIN_IMAGES: ClassVar[int] = 64      # the time budget never cuts defaults below these
-    MIN_ITERATIONS: ClassVar[int] = 30
+    MIN_IMAGES: ClassVar[int] = 64      # the work plan (or a time budget) never cuts defaults below these
+    MIN_ITERATIONS: ClassVar[int] = 20
+    # Default work: image-iterations x forward FLOPs per image at most this (synthesis.plan_work). A count,
+    # not a clock: ResNet-20 (82 MFLOP) gets 96 images x 20 iterations, a 25 MFLOP ResNet-8 256 x 30.
+    WORK_FLOPS: ClassVar[int] = 200_000_000_000
     MAX_AUTO_BATCH: ClassVar[int] = 128
 
     def __post_init__(self):

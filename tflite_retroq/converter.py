@@ -14,8 +14,10 @@ import numpy as np
 
 from tflite_retroq.config import IOType, QuantizationConfig, Scheme
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import ConfigError, DataError, OutOfMemoryError, RetroQError, is_out_of_memory, one_line
+from tflite_retroq.errors import (ConfigError, DataError, OutOfMemoryError, QuantizationError, RetroQError,
+                                  is_out_of_memory, one_line)
 from tflite_retroq.model.loading import as_model
+from tflite_retroq.model.rewrite import int8_friendly
 from tflite_retroq.model.validation import validate_classifier
 from tflite_retroq.tflite.model import verify
 
@@ -65,17 +67,19 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     `logit_range`: "reachable" widens the logits' range to what the classifier can reach over
     the feature ranges seen in `data` (synthetic images are never as confident as real ones,
     so min/max clips the deciding logit; see tflite/ranges.py); "calibrated" keeps min/max;
-    "auto" widens for synthetic data, except retro data of a model without BatchNorm. With return_info, returns (bytes, LogitRange|None).
+    "auto" widens for gaussian and zeroq data only (retro data needs nothing beyond plain
+    calibration, so the converter hook gives the same model). With return_info, returns (bytes, LogitRange|None).
     `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
     """
     import tensorflow as tf
-    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches, fold_batch_reshapes
     from tflite_retroq.tflite.ranges import widen_logit_range
     if logit_range not in LOGIT_RANGE_MODES:
         raise ConfigError(f"logit_range={logit_range!r} is not valid; choose one of {', '.join(LOGIT_RANGE_MODES)}.")
     batch_size = check_batch_size(batch_size)
     model = as_model(model)
     info = validate_classifier(model)
+    model = int8_friendly(model)  # LayerNormalization without NEG, which has no int8 kernel (model/rewrite.py)
     gen = _as_generator(data, info.input_shape)
     if batch_size is not None:
         model, gen = fixed_batch_model(model, batch_size), fixed_batches(gen, batch_size)
@@ -94,12 +98,12 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
                                    "images.") from None
         raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {_converter_reason(e)}); "
                           "the model may use an operator TFLite cannot convert.") from None
-    # Synthetic images are unconfident when nothing pushes them to confidence (gaussian, zeroq) or when BatchNorm
-    # matching holds their features at average levels (retro on a BN model). Retro on a BN-free model is driven by
-    # the class loss alone and is confident already. Measured (benchmarks/zoo_models*): widening gains 0.1-5 dB on
-    # every BN model and 19 dB for gaussian on the BN-free CNN, and costs retro 5.5 dB there.
-    synthetic = isinstance(data, SyntheticDataset) and data.mode not in ("real", "unknown")
-    synthetic = synthetic and (info.num_bn > 0 or data.mode != "retro")
+    if batch_size is None:  # dynamic batch without SHAPE/STRIDED_SLICE/PACK around Flatten (NPU-friendly)
+        calibrated = fold_batch_reshapes(calibrated)
+    # Retro data carries real-like ranges by itself (confident targets: benchmarks/results/zoo_models.md), so it
+    # gets plain min/max calibration: the converter hook (`rq.representative_dataset`) gives the same model.
+    # Gaussian and zeroq images are pushed towards no class at all; only they get the logits-range pass.
+    synthetic = isinstance(data, SyntheticDataset) and data.mode in ("gaussian", "zeroq")
     widened = None
     if logit_range == "reachable" or (logit_range == "auto" and synthetic):
         images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)
@@ -124,8 +128,12 @@ def _converter_reason(error: Exception) -> str:
 
 
 def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.PER_CHANNEL,
-                        io: Union[str, IOType] = IOType.INT8) -> bytes:
-    """Full-integer int8 model from a calibrated float model (see `calibrate`)."""
+                        io: Union[str, IOType] = IOType.INT8, *, allow_float_ops: bool = False) -> bytes:
+    """Full-integer int8 model from a calibrated float model (see `calibrate`).
+
+    An op TFLite cannot quantize stays float between DEQUANTIZE and QUANTIZE; that is refused
+    unless `allow_float_ops` (int8-only accelerators cannot run it: tflite.inspect.float_ops).
+    """
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
     cfg = QuantizationConfig(scheme=scheme, io=io)
@@ -139,38 +147,40 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
         # input/output_data_type (fully_quantize=True forces int8 I/O even for io='float').
         out = tfl_convert.mlir_quantize(calibrated, disable_per_channel=cfg.scheme == Scheme.PER_TENSOR,
                                         fully_quantize=False, input_data_type=io_type, output_data_type=io_type)
+        if cfg.io == IOType.UINT8:  # as TFLiteConverter does for inference_input/output_type=tf.uint8
+            from tensorflow.lite.python.util import modify_model_io_type
+            out = modify_model_io_type(bytes(out), tf.uint8, tf.uint8)
     out = bytes(out)
-    _check_fully_integer(out)
+    if not allow_float_ops:
+        _check_fully_integer(out)
     return out
 
 
 def _check_fully_integer(model_bytes: bytes) -> None:
     """Refuse a result in which some op still computes in float (it would not run on an int8-only delegate)."""
-    from tflite_retroq.tflite import model as tfm
-    m = tfm.read(model_bytes)
-    for sg in m.subgraphs:
-        for op in sg.operators:
-            name = tfm.op_name(m, op)
-            if name in ("QUANTIZE", "DEQUANTIZE"):
-                continue
-            for i in list(op.inputs) + list(op.outputs):
-                if i >= 0 and sg.tensors[i].type == 0:  # FLOAT32
-                    raise RetroQError(f"Operator {name} ({tfm.tensor_name(sg.tensors[op.outputs[0]])}) could not be "
-                                      "quantized to int8; replace it or keep it out of the model.")
+    from tflite_retroq.tflite.inspect import float_ops
+    found = float_ops(model_bytes)
+    if found:
+        raise QuantizationError(f"Operator{'s' if len(found) > 1 else ''} {', '.join(found)} could not be quantized "
+                                "to int8; replace them, or keep them float with allow_float_ops=True (--allow-float-ops): "
+                                "int8-only accelerators cannot run such a file.")
 
 
 def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "per-channel", weight_bits: int = 8,
             io: Union[str, IOType] = "int8", calibrated: Optional[bytes] = None, logit_range: str = "auto",
             batch_size: Optional[int] = None, nonuniform: bool = False, pack: Optional[str] = None,
             threshold: Optional[float] = None, max_per_channel: Optional[int] = None,
-            fully_connected_per_tensor: bool = False, plan=None) -> bytes:
+            fully_connected_per_tensor: bool = False, plan=None, allow_float_ops: bool = False,
+            rounding: str = "nearest", weight_dtype: str = "int8", rounding_config=None,
+            progress: bool = False) -> bytes:
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
     tensors), re-derived from the BN-folded float weights. Pass `calibrated` (from
     `calibrate`) to skip calibration when producing several variants. `logit_range`: see
-    `calibrate`. `batch_size=1` exports a fixed batch: no SHAPE/STRIDED_SLICE/PACK around
-    Flatten (for TFLM, Vela). `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
+    `calibrate`. The default export keeps a dynamic batch with constant Flatten shapes (no
+    SHAPE/STRIDED_SLICE/PACK: one Hexagon NPU partition); `batch_size=1` fixes the batch as well.
+    `io`: 'int8' (default), 'uint8' (TFLite's inference_input_type=uint8) or 'float'. `nonuniform=True`: 2^weight_bits IQR-cluster levels per weight
     tensor (or channel) instead of a uniform grid (tflite.weight_tables). `pack="lut"`: weight
     tables packed for TFLite Micro (tflite.pack); such a file runs on TFLM, not on LiteRT.
 
@@ -178,11 +188,22 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     (KL_PT - KL_PC on `data`, at `weight_bits`) exceeds `threshold` (default 0), at most
     `max_per_channel` of them, FULLY_CONNECTED excluded if `fully_connected_per_tensor`;
     or exactly the layers of a precomputed `plan` (sensitivity.HybridPlan).
+
+    `allow_float_ops=True` keeps an op TFLite cannot quantize in float instead of refusing the
+    model (`tflite.inspect.float_ops` lists them); LayerNormalization is rewritten so it needs none.
+    `rounding="learned"`: each weight's rounding (up or down) and each bias learned layer by layer to
+    reconstruct the float outputs on the images of `data` (methods.rounding; `rounding_config` a
+    RoundingConfig; progress on stderr with `progress=True`). `weight_dtype="int4"` (needs
+    weight_bits=4) stores the weights as INT4, two per byte, which LiteRT runs (tflite.int4).
     """
     from tflite_retroq.methods import hybrid
     from tflite_retroq.static_shape import check_calibrated_batch
     from tflite_retroq.tflite.weight_tables import check_options, finish
     check_options(nonuniform, pack, weight_bits)
+    from tflite_retroq.methods.rounding import check_rounding, learned_rounding
+    from tflite_retroq.tflite.int4 import check_weight_dtype, to_int4
+    check_rounding(rounding, nonuniform)
+    check_weight_dtype(weight_dtype, weight_bits, nonuniform, pack)
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     hcfg = hybrid.hybrid_config(cfg.scheme, threshold, max_per_channel, fully_connected_per_tensor, plan)
@@ -191,18 +212,25 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     else:
         calibrated = verify(calibrated, "calibrated=")  # before any native code parses the caller's bytes
     check_calibrated_batch(calibrated, batch_size)
-    quantized = quantize_calibrated(calibrated, Scheme.PER_TENSOR if hcfg is not None else cfg.scheme, cfg.io)
+    quantized = quantize_calibrated(calibrated, Scheme.PER_TENSOR if hcfg is not None else cfg.scheme, cfg.io,
+                                    allow_float_ops=allow_float_ops)
     if hcfg is not None:
         quantized = hybrid.hybrid(model, data, quantized, calibrated, hcfg, weight_bits=cfg.weight_bits, plan=plan)
     if cfg.weight_bits != 8 and not nonuniform:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
-    return finish(quantized, calibrated, cfg.weight_bits, nonuniform, pack)
+    if rounding == "learned":
+        info = validate_classifier(as_model(model))
+        images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)
+        quantized = learned_rounding(quantized, calibrated, images, cfg.weight_bits, rounding_config, progress)
+    quantized = finish(quantized, calibrated, cfg.weight_bits, nonuniform, pack)
+    return to_int4(quantized) if weight_dtype == "int4" else quantized
 
 
 def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:
     """Plain float32 .tflite of the model (the accuracy reference on the interpreter)."""
-    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model
+    from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fold_batch_reshapes
     model, batch_size = as_model(model), check_batch_size(batch_size)
     conv = _keras_converter(model if batch_size is None else fixed_batch_model(model, batch_size))
     with _quiet():
-        return bytes(conv.convert())
+        out = bytes(conv.convert())
+    return fold_batch_reshapes(out) if batch_size is None else out

@@ -34,7 +34,7 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
                num_threads: Optional[int] = None) -> np.ndarray:
     """Float outputs [N, classes] of the .tflite on float images in the model's input space.
 
-    int8 inputs are quantized with the model's own input scale/zero point; int8 outputs
+    int8/uint8 inputs are quantized with the model's own input scale/zero point; such outputs
     are dequantized, so results compare directly with the Keras model.
     """
     images = _checked_images(images)
@@ -60,9 +60,10 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
             it.resize_tensor_input(inp["index"], [len(x)] + list(inp["shape"][1:]))
             it.allocate_tensors()
             current = len(x)
-        if inp["dtype"] == np.int8:
+        if inp["dtype"] in (np.int8, np.uint8):
             s, zp = inp["quantization"]
-            x = np.clip(np.round(x / s) + zp, -128, 127).astype(np.int8)
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / s) + zp, info.min, info.max).astype(inp["dtype"])
         it.set_tensor(inp["index"], x)
         if start == 0:
             with library_quiet():  # XNNPACK announces itself on the first invoke
@@ -70,7 +71,7 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
         else:
             it.invoke()
         y = it.get_tensor(out["index"])
-        if out["dtype"] == np.int8:
+        if out["dtype"] in (np.int8, np.uint8):
             s, zp = out["quantization"]
             y = (y.astype(np.float32) - zp) * s
         results.append(np.asarray(y, np.float32).reshape(len(x), -1)[:n])
@@ -84,7 +85,8 @@ def keras_outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarra
     """
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    from tflite_retroq.model.saved_model import compiles_with_xla
+    fn = tf.function(lambda x: model(x, training=False), jit_compile=compiles_with_xla(model))
     images = np.asarray(images, np.float32)
     batch_size = min(batch_size, len(images))
     out = []

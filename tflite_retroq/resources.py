@@ -18,6 +18,9 @@ ENV_BUDGET = "RETROQ_MEMORY_BUDGET_MB"
 # MobileNetV2 / ResNet-20 / ResNet-8 (see benchmarks/results/scale.md); a cost model, not a quality knob.
 BYTES_PER_ACTIVATION = 16
 MAX_BUDGET = 4 << 30  # leave room for TensorFlow itself: peak RSS stays well under 8 GB
+# Automatic batch sizes are planned against this fixed budget (not the free memory of the moment), so a
+# model gets the same batches on every machine that has it; a smaller budget shrinks them.
+REFERENCE_BUDGET = 2 << 30
 
 
 def fmt_bytes(n: float) -> str:
@@ -93,3 +96,38 @@ def activation_elements(model) -> int:
 
 def activation_bytes_per_image(model) -> int:
     return max(1, activation_elements(model)) * BYTES_PER_ACTIVATION
+
+
+def forward_flops(model) -> int:
+    """Floating-point operations of one image's forward pass, counted from the layers' shapes.
+
+    Convolutions and dense layers: 2 per multiply-accumulate; every other layer: one per output
+    element (activations, pooling, BatchNorm at inference, adds). A cost model for planning
+    synthesis work from the model alone (the same plan on every machine), not a profiler.
+    """
+    import keras
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            for t in node.output_tensors:
+                shape = tuple(t.shape)[1:]
+                if not all(isinstance(d, int) for d in shape):
+                    continue
+                out = int(np.prod(shape)) if shape else 1
+                total += out * _macs_per_output(layer, node) * 2 if _macs_per_output(layer, node) else out
+    return max(1, total)
+
+
+def _macs_per_output(layer, node) -> int:
+    """Multiply-accumulates behind one output element of a conv / dense layer (0 for other layers)."""
+    import keras
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None or not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
+                                                keras.layers.Dense, keras.layers.Conv1D)):
+        return 0
+    k = tuple(int(d) for d in kernel.shape)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return int(np.prod(k[:-2]))              # [kh, kw, cin, multiplier]: one input channel per output
+    return int(np.prod(k[:-1]))                  # [kh, kw, cin / groups, cout] or [in, units]

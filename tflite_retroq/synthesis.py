@@ -23,12 +23,13 @@ from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.model.batchnorm import bn_layers, bn_targets, bn_taps
 from tflite_retroq.model.input_space import InputSpace, resolve_input_space
 from tflite_retroq.model.loading import as_model
+from tflite_retroq.model.saved_model import compiles_with_xla
 from tflite_retroq.model.validation import validate_classifier
 from tflite_retroq import resources
 
 
 def make_targets(labels: np.ndarray, num_classes: int, rng: np.random.Generator,
-                 confidence=(0.6, 0.95)) -> np.ndarray:
+                 confidence=SynthesisConfig.target_confidence) -> np.ndarray:
     """A random probability vector per image whose argmax is the image's class.
 
     The true class gets p in [lo, hi); the rest is shared randomly, so with lo > 0.5
@@ -80,24 +81,51 @@ def _batch_size(config: SynthesisConfig, n: int, per_image: int, budget: int, im
                 f"more than the {resources.budget_words(budget)}; lower --batch-size (at most "
                 f"{max(0, room // max(per_image, 1))} fits) or --images.")
         return bs, "user"
-    fit = room // max(per_image, 1)
+    # Auto batches are planned against a fixed reference budget, not this machine's free memory, so the
+    # same model gets the same batches (and images) everywhere; only a machine too small for it shrinks them.
+    fit = (min(budget, resources.REFERENCE_BUDGET) - n * image_bytes) // max(per_image, 1)
     if fit < 1:
         raise OutOfMemoryError(
             f"one image needs about {resources.fmt_bytes(per_image)} for synthesis, more than the "
             f"{resources.budget_words(budget)} allows beside {n} images; lower --images or free memory.")
     bs = int(max(1, min(fit, SynthesisConfig.MAX_AUTO_BATCH, n)))
     bs = -(-n // -(-n // bs))  # equal batches: no small last batch with poor statistics and a second compile
-    return bs, f"auto: {resources.fmt_bytes(per_image)} per image, memory budget {resources.fmt_bytes(budget)}"
+    how = f"auto: {resources.fmt_bytes(per_image)} per image, memory budget {resources.fmt_bytes(budget)}"
+    if budget < resources.REFERENCE_BUDGET:
+        how += (f" (below the {resources.fmt_bytes(resources.REFERENCE_BUDGET)} reference: smaller batches than on "
+                "a roomier machine, so different images; pass --batch-size to fix it)")
+    return bs, how
+
+
+def plan_work(config: SynthesisConfig, flops: int, images: int, iterations: int):
+    """(images, iterations, how): the default work sized from the model's forward cost alone.
+
+    Image-iterations get a fixed budget of forward FLOPs (SynthesisConfig.WORK_FLOPS): defaults the
+    user did not set shrink until the work fits, iterations first (down to MIN_ITERATIONS, in steps
+    of 10), then images (down to MIN_IMAGES, in steps of 32). Explicit work is never cut. Nothing
+    here reads a clock, so the same model plans the same work on every machine under any load.
+    """
+    work = config.WORK_FLOPS // max(flops, 1)  # image-iterations the budget allows
+    if iterations == 0 or images * iterations <= work:
+        return images, iterations, f"as configured ({flops / 1e6:.1f} MFLOP per image forward)"
+    if config.iterations is None:
+        iterations = int(max(min(config.MIN_ITERATIONS, iterations), min(iterations, work // images // 10 * 10)))
+    if config.images is None and config.samples_per_class is None and images * iterations > work:
+        images = int(max(min(config.MIN_IMAGES, images), min(images, work // iterations // 32 * 32)))
+    return images, iterations, (f"planned from the model: {flops / 1e6:.1f} MFLOP per image forward, "
+                                f"{config.WORK_FLOPS / 1e9:g} GFLOP of image-iterations: {images} images x "
+                                f"{iterations} iterations (pass --images/--iterations to fix them)")
 
 
 def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape, rate: Optional[float] = None,
                    spent: float = 0.0) -> Plan:
-    """Image count, batch size and iterations from the config, the model's memory and (if measured) its speed.
+    """Image count, batch size and iterations from the config and the model (its forward cost and memory).
 
-    With a measured `rate` (image-iterations/s) and a time budget, defaults the user did not
-    set shrink until the work fits: iterations first (down to MIN_ITERATIONS), then images
-    (down to MIN_IMAGES). Work the user asked for explicitly is never cut. `spent`: seconds
-    already used (compiling, measuring), taken off the budget.
+    Without a time budget (the default) the work is planned from the model alone (`plan_work`).
+    With an explicit time budget and a measured `rate` (image-iterations/s), defaults the user did
+    not set shrink until the work fits, iterations first (down to MIN_ITERATIONS), then images
+    (down to MIN_IMAGES); that plan depends on the machine's speed, which is what the user asked.
+    `spent`: seconds already used (compiling, measuring), taken off the budget.
     """
     n = config.total_images(num_classes)
     iters = 0 if config.mode == SynthesisMode.GAUSSIAN else config.iterations_or_default
@@ -108,7 +136,10 @@ def plan_synthesis(model, config: SynthesisConfig, num_classes: int, input_shape
         raise OutOfMemoryError(
             f"{n} images of shape {tuple(input_shape)} need {resources.fmt_bytes(n * image_bytes)}, more than the "
             f"{resources.budget_words(budget)}; lower --images (or --samples).")
-    source = "as configured"
+    if config.time_budget is None:
+        n, iters, source = plan_work(config, resources.forward_flops(model), n, iters)
+    else:
+        source = "as configured"
     left = None if config.time_budget is None else max(config.time_budget - spent, 0.25 * config.time_budget)
     if rate and iters and left is not None and n * iters / rate > left:
         # Coarse steps (10 iterations, 32 images) so small speed differences rarely change the plan.
@@ -275,7 +306,8 @@ class _Optimizer:
                 cls = tf.reduce_mean(tf.square(p - tgt))
             return bn, prior, cls
 
-        @tf.function(jit_compile=True)  # XLA: ~1.7x faster fwd+bwd on CPU (measured on ResNet-20)
+        # XLA: ~1.7x faster fwd+bwd on CPU (measured on ResNet-20); never through a SavedModel's restored graph
+        @tf.function(jit_compile=compiles_with_xla(model))
         def step(z, m, v, t, tgt):
             with tf.GradientTape() as tape:
                 tape.watch(z)

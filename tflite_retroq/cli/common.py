@@ -11,7 +11,11 @@ from tflite_retroq.io_utils import check_not_inputs, check_readable, check_writa
 
 def check_model_file(path: str) -> str:
     """Cheap checks before TensorFlow is imported (missing, FIFO, unreadable); load_model does the full ones."""
-    return check_readable(path, "Model file", ModelError, "pass the path of a saved Keras model (.keras)")
+    if os.path.isdir(path):
+        from tflite_retroq.model.saved_model import check_saved_model_dir
+        return check_saved_model_dir(path)
+    return check_readable(path, "Model file", ModelError, "pass the path of a saved Keras model (.keras) or a "
+                          "SavedModel directory")
 
 
 def check_outputs(model_path: str, *paths: Optional[str], data_file: Optional[str] = None) -> None:

@@ -13,7 +13,7 @@ from tflite_retroq.errors import ConfigError
 
 def cmd_convert(args: Sequence[str]) -> int:
     model_path = positional("convert", args, "a Keras model file (MODEL.keras)")
-    hcfg = hybrid_config(flag("scheme") == "hybrid")
+    hcfg = hybrid_config(flag("scheme") in ("hybrid", "mixed-channel"))
     data_file = flag("data-file")
     if data_file is not None:
         if present("data"):
@@ -28,6 +28,10 @@ def cmd_convert(args: Sequence[str]) -> int:
     if bits not in (8, 6, 4):
         raise ConfigError(f"--weight-bits {bits} is not supported; choose 8, 6 or 4.")
     qcfg = QuantizationConfig(scheme=flag("scheme"), weight_bits=bits, io=flag("io"))
+    from tflite_retroq.methods.rounding import check_rounding
+    from tflite_retroq.tflite.int4 import check_weight_dtype
+    check_rounding(flag("rounding"), flag("nonuniform"))  # option clashes refused before TensorFlow loads
+    check_weight_dtype(flag("weight-dtype"), bits, flag("nonuniform"), flag("pack"))
     static_batch = static_batch_flag()
     scfg = synthesis_config(flag("data") or DEFAULTS.mode.value) if data_file is None else None
     spec = input_spec()
@@ -57,8 +61,19 @@ def cmd_convert(args: Sequence[str]) -> int:
         seconds["sensitivity"] = time.perf_counter() - t2
     tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
                      calibrated=calibrated, batch_size=static_batch, nonuniform=flag("nonuniform"),
-                     pack=flag("pack"), plan=plan)
+                     plan=plan, rounding=flag("rounding"), weight_dtype=flag("weight-dtype"),
+                     allow_float_ops=flag("allow-float-ops"), progress=not flag("quiet"))
+    plain, arena_note = tflite, None
+    if flag("pack") == "lut":  # packed here, so the plain twin's TFLM arena can be set beside the packed one
+        from tflite_retroq.tflite.pack import pack_lut
+        plain, tflite = tflite, pack_lut(tflite)
+        arena_note = lut_arena_note(plain, tflite, static_batch)
     seconds["conversion"] = time.perf_counter() - t1 - seconds.get("sensitivity", 0.0)
+    t3 = time.perf_counter()
+    from tflite_retroq.quality import estimate_quality, holdout_images
+    # On the plain twin of a LUT-packed file: LiteRT cannot decode LUTs, and TFLM decodes them to the same values.
+    quality = estimate_quality(plain, model, holdout_images(model, dataset), calibrated=calibrated)
+    seconds["quality estimate"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
 
     from tflite_retroq.io_utils import atomic_path, write_bytes
@@ -77,9 +92,11 @@ def cmd_convert(args: Sequence[str]) -> int:
             model_path=model_path, output_path=output, data_source=source,
             quantization=dict(qcfg.to_dict() if static_batch is None else dict(qcfg.to_dict(), static_batch=static_batch),
                               **({"nonuniform": True} if flag("nonuniform") else {}),
-                              **({"pack": flag("pack")} if flag("pack") else {})),
+                              **({"pack": flag("pack")} if flag("pack") else {}),
+                              rounding=flag("rounding"), weight_dtype=flag("weight-dtype")),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
-            inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens)))
+            inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens),
+            quality=quality.to_dict() if quality is not None else None))
         # Both files are fully written to temporaries before either is renamed into place.
         with atomic_path(output) as tmp_out, atomic_path(report_path) as tmp_rep:
             with open(tmp_out, "wb") as f:
@@ -95,14 +112,47 @@ def cmd_convert(args: Sequence[str]) -> int:
         say(f"logits range widened from [{lo:.3g}, {hi:.3g}] to [{logit_range.widened[0]:.3g}, "
              f"{logit_range.widened[1]:.3g}], what the classifier can reach (synthetic images are less confident "
              "than real ones)")
+    if quality is not None:
+        say(quality.line())
+        if quality.warning():
+            import warnings
+            warnings.warn(quality.warning())  # one `retroq: warning:` line on stderr, after success
+    if flag("allow-float-ops"):
+        from tflite_retroq.tflite.inspect import FLOAT_OPS_NOTE, float_ops
+        kept = float_ops(tflite)
+        say(f"float ops kept: {', '.join(kept)}; {FLOAT_OPS_NOTE}" if kept else "float ops kept: none (fully integer)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
-    kind = f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
+    kind = (f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
+            f"{', learned rounding' if flag('rounding') == 'learned' else ''}"
+            f"{', INT4 weights' if flag('weight-dtype') == 'int4' else ''}")
     scheme = qcfg.scheme.value if plan is None else f"hybrid: {len(plan.per_channel)}/{plan.num_layers} per-channel"
     say(f"wrote {output}: {len(tflite)} bytes ({scheme}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
          + (f"; report {report_path}" if report_path else "")
          + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if flag("pack") else ""))
+    if arena_note:
+        say(arena_note)
     return 0
+
+
+def lut_arena_note(plain: bytes, packed: bytes, static_batch) -> str:
+    """The TFLM tensor arena of the plain and the packed file beside their sizes: LUT packing decodes
+    weights into the arena, so RAM can grow by more than flash shrinks; warn when it does."""
+    saved = len(plain) - len(packed)
+    if static_batch != 1:
+        return (f"LUT packing saved {saved} bytes of flash; the TFLite Micro arena was not measured (it needs a "
+                "batch-1 model: add --static-batch 1)")
+    from tflite_retroq.errors import RetroQError
+    from tflite_retroq.targets.tflm import tflm_run
+    try:
+        a0, a1 = tflm_run(plain).arena_bytes, tflm_run(packed).arena_bytes
+    except RetroQError as e:
+        return f"LUT packing saved {saved} bytes of flash; TFLite Micro arena not measured ({e})"
+    text = f"TFLite Micro: file {len(plain)} -> {len(packed)} bytes, tensor arena {a0} -> {a1} bytes"
+    if a1 - a0 > saved:
+        text += (f"; warning: the arena grows by {a1 - a0} bytes, more than the {saved} bytes of flash saved "
+                 "(weights are decoded into RAM)")
+    return text
 
 
 def hybrid_report(plan, sens) -> dict:

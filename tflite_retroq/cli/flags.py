@@ -25,14 +25,16 @@ _USAGE_LINES = {
 """,
     "convert": """  retroq convert    MODEL.keras -o OUT.tflite [--data retro|zeroq|gaussian | --data-file DATA.npz]
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
-                    [--scheme per-channel|per-tensor|hybrid [--threshold TH] [--max-per-channel N]
+                    [--scheme per-channel|per-tensor|hybrid|mixed-channel [--threshold TH] [--max-per-channel N]
                     [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
-                    [--io int8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
+                    [--rounding learned] [--weight-dtype int4]
+                    [--io int8|uint8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
+                    [--allow-float-ops]
 """,
     "analyze": """  retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
                     [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [synthesis and input flags]
 """,
-    "inspect": """  retroq inspect    MODEL.tflite [--json] [--target T[,T...]]
+    "inspect": """  retroq inspect    MODEL.tflite [--json] [--target T[,T...]] [--system-config S] [--memory-mode M]
 """,
 }
 _COMMANDS = """commands:
@@ -48,11 +50,13 @@ SECTIONS = (  # (the verbs a section applies to, its text)
   --images N       total images, spread over the classes (default {DEFAULTS.DEFAULT_IMAGES})
   --samples N      images per class instead (balanced classes; N x classes images)
   --batch-size N   images optimized together (default: chosen from the model's activation memory
-                   and free memory; BatchNorm statistics are matched per batch)
-  --iterations N   optimization steps per batch (default {DEFAULTS.DEFAULT_ITERATIONS})
-  --time-budget S  seconds synthesis may take (default {DEFAULTS.time_budget:g}; 0 = no limit): measured
-                   from the first steps, default iterations then images shrink to fit (never below
-                   {DEFAULTS.MIN_ITERATIONS} iterations x {DEFAULTS.MIN_IMAGES} images); explicit --images/--iterations are kept
+                   against a fixed budget; BatchNorm statistics are matched per batch)
+  --iterations N   optimization steps per batch (default {DEFAULTS.DEFAULT_ITERATIONS}, less on a costly
+                   model: without a time budget the default work is planned from the model's forward
+                   FLOPs, never below {DEFAULTS.MIN_ITERATIONS} iterations x {DEFAULTS.MIN_IMAGES} images; same model, same data)
+  --time-budget S  seconds synthesis may take (default: none): measured from the first steps, default
+                   iterations then images shrink to fit; the result then depends on the machine's
+                   speed and load; explicit --images/--iterations are kept
   --seed S         random seed (default {DEFAULTS.seed})
   --quiet          no progress bar on stderr
 """),
@@ -65,9 +69,11 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
     (("convert",), """convert flags:
   -o, --output PATH     the .tflite to write (atomically)
   --data-file PATH      calibrate with a dataset from `retroq synthesize` instead
-  --scheme S            per-channel (default), per-tensor, or hybrid: per-tensor except the layers
-                        whose sensitivity says per-channel pays (KL_PT - KL_PC > TH on the
-                        calibration images)
+  --scheme S            per-channel (default), per-tensor, or hybrid (alias mixed-channel): per-tensor
+                        except the layers whose sensitivity says per-channel pays (KL_PT - KL_PC > TH
+                        on the calibration images). The paper's "hybrid" is NOT TFLite's "hybrid"
+                        (dynamic-range: int8 weights, float activations): every scheme here is
+                        full-integer
   --threshold TH        hybrid: the rule's threshold (default 0: accuracy first; larger: fewer
                         per-channel layers)
   --max-per-channel N   hybrid: at most N per-channel layers, the most sensitive first
@@ -78,10 +84,19 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
   --pack lut            store weight tensors as B-bit indices + value tables (TFLite Micro
                         LUT compression): the file shrinks but runs on TFLite Micro ONLY,
                         not on LiteRT
-  --io T                int8 (default) or float model inputs/outputs
+  --rounding R          nearest (default) or learned: each weight's rounding and each bias
+                        learned layer by layer to reproduce the float outputs on the
+                        calibration images (4-bit weights keep float accuracy; minutes)
+  --weight-dtype T      int8 (default) or int4: store 4-bit weights two per byte (needs
+                        --weight-bits 4; runs on LiteRT, about half the file)
+  --io T                int8 (default), uint8 (TFLite's inference_input_type=uint8: the int8 model's
+                        values + 128, same scales) or float model inputs/outputs
   --report PATH         also write a JSON report (config, input space, synthesis, layers, hybrid plan)
-  --static-batch N      fix the batch dimension at N (1 for microcontrollers and NPUs): no
-                        SHAPE/STRIDED_SLICE/PACK ops around Flatten/Reshape
+  --static-batch N      fix the batch dimension at N (what MLPerf's models do). Not needed for NPUs:
+                        the default dynamic-batch export already has constant Flatten shapes
+                        (no SHAPE/STRIDED_SLICE/PACK: one Hexagon partition, all-NPU on Ethos-U)
+  --allow-float-ops     keep ops TFLite cannot quantize in float (listed on one line and in the
+                        report) instead of refusing the model; int8-only NPUs cannot run them
 """),
     (("analyze",), """analyze flags:
   -o DIR                writes DIR/sensitivity.json, .md and .png (DIR is created if missing)
@@ -93,11 +108,19 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
   --json                print the inspection as JSON instead of a table
   --target T[,T...]     also estimate the model on targets: ethos-u55-128, ethos-u65-256,
                         ethos-u85-256 (Arm Vela: NPU time, operator placement, SRAM, flash,
-                        encoded weights) or tflm (TFLite Micro runtime: tensor arena);
-                        needs `pip install -e '.[targets]'` in the clone
+                        encoded weights), tflm (TFLite Micro runtime: tensor arena) — these need
+                        `pip install -e '.[targets]'` — or qualcomm-sm8650 (and the other
+                        SoCs LiteRT's Qualcomm plugin lists: qualcomm-sm8550, -sm8750, ...: Hexagon
+                        NPU operators vs CPU, partitions, the compiler's reason for each CPU op,
+                        compiled size; needs `pip install -e '.[qualcomm]'`). Each target
+                        reports on its own: one that fails shows its error and the others still
+                        report; the command then exits with code 1
+  --system-config S     Vela system config (a section of Arm/vela.ini) for the Ethos-U targets
+  --memory-mode M       Vela memory mode (Arm/vela.ini) for the Ethos-U targets
 """),
 )
-_FOOT = """Errors print one line `retroq: error: ...` on stderr and exit with code 2.
+_FOOT = """Errors print one line `retroq: error: ...` on stderr and exit with code 2. `inspect --target`
+prints every target's result and exits with code 1 when some target failed (one error line each).
 """
 USAGE = "\n".join([_HEAD, "usage:\n" + "".join(_USAGE_LINES.values()), _COMMANDS,
                    *(text for _, text in SECTIONS), _FOOT])
@@ -122,9 +145,9 @@ flags.DEFINE_integer("images", None, f"Total synthetic images (default {DEFAULTS
 flags.DEFINE_integer("samples", None, "Images per class instead of a total (balanced classes).")
 flags.DEFINE_integer("batch-size", None, "Images optimized together (default: from memory).")
 flags.DEFINE_integer("iterations", None, f"Synthesis iterations (default {DEFAULTS.DEFAULT_ITERATIONS}).")
-flags.DEFINE_float("time-budget", None, f"Synthesis seconds (default {DEFAULTS.time_budget:g}; 0 = no limit).")
+flags.DEFINE_float("time-budget", None, "Synthesis seconds (default: none, work planned from the model; 0 = none).")
 flags.DEFINE_integer("seed", None, f"Random seed (default {DEFAULTS.seed}).")
-flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid"],
+flags.DEFINE_enum("scheme", "per-channel", ["per-channel", "per-tensor", "hybrid", "mixed-channel"],
                   "convert: weight quantization scheme.")
 flags.DEFINE_float("threshold", None, "hybrid: per-channel iff KL_PT - KL_PC > TH (default 0).")
 flags.DEFINE_integer("max-per-channel", None, "hybrid: at most N per-channel layers, most sensitive first.")
@@ -132,8 +155,12 @@ flags.DEFINE_boolean("fc-per-tensor", False, "hybrid: keep FULLY_CONNECTED layer
 flags.DEFINE_integer("weight-bits", 8, "convert: weight bits, 8, 6 or 4.")
 flags.DEFINE_boolean("nonuniform", False, "convert: non-uniform (IQR cluster) weight levels.")
 flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite Micro (not runnable on LiteRT).")
-flags.DEFINE_enum("io", "int8", ["int8", "float"], "convert: model input/output type.")
+flags.DEFINE_enum("rounding", "nearest", ["nearest", "learned"],
+                  "convert: weight rounding, nearest or learned on the calibration images.")
+flags.DEFINE_enum("weight-dtype", "int8", ["int8", "int4"], "convert: weight storage (int4 needs --weight-bits 4).")
+flags.DEFINE_enum("io", "int8", ["int8", "float", "uint8"], "convert: model input/output type.")
 flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
+flags.DEFINE_boolean("allow-float-ops", False, "convert: keep ops without int8 kernels in float.")
 flags.DEFINE_list("input-mean", None, "Per-channel mean: model_input = (pixel - mean) / std.")
 flags.DEFINE_list("input-std", None, "Per-channel std: model_input = (pixel - mean) / std.")
 flags.DEFINE_list("input-range", None, "LO,HI: the model takes raw pixels in this range.")
@@ -141,7 +168,9 @@ flags.DEFINE_boolean("quiet", False, "No progress bar on stderr.")
 flags.DEFINE_boolean("json", False, "inspect: print JSON instead of a table.")
 # --- targets: static-shape export and target estimates
 flags.DEFINE_integer("static-batch", None, "convert: fix the batch dimension (1 for MCUs/NPUs).")
-flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-u85-256 and/or tflm.")
+flags.DEFINE_list("target", None, "inspect: ethos-u55-128, ethos-u65-256, ethos-u85-256, tflm, qualcomm-<soc>.")
+flags.DEFINE_string("system-config", None, "inspect: Vela system config (Arm/vela.ini) for Ethos-U targets.")
+flags.DEFINE_string("memory-mode", None, "inspect: Vela memory mode (Arm/vela.ini) for Ethos-U targets.")
 
 # Absurd integers are refused while the flags are parsed (one line, exit 2), before they can
 # overflow a C long or ask for terabytes. The limits are far above any sensible run.
@@ -165,10 +194,11 @@ INPUT_FLAGS = ("input-mean", "input-std", "input-range")
 ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "fc-per-tensor",
-                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", *SYNTH_FLAGS, *INPUT_FLAGS},
+                "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", "allow-float-ops",
+                "rounding", "weight-dtype", *SYNTH_FLAGS, *INPUT_FLAGS},
     "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
                 "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
-    "inspect": {"json", "target"},
+    "inspect": {"json", "target", "system-config", "memory-mode"},
 }
 OWN = sorted(set().union(*ALLOWED.values()))
 
@@ -246,7 +276,7 @@ def hybrid_config(enabled: bool):
     given = [n for n in ("threshold", "max-per-channel", "fc-per-tensor") if present(n)]
     if not enabled:
         if given:
-            raise ConfigError(f"--{given[0]} only applies to --scheme hybrid.")
+            raise ConfigError(f"--{given[0]} only applies to --scheme hybrid (alias mixed-channel).")
         return None
     try:
         return HybridConfig(threshold=0.0 if flag("threshold") is None else flag("threshold"),
@@ -323,3 +353,15 @@ def check_own_flags(argv: Sequence[str]) -> None:
                              "each command.")
         if "=" not in a and not FLAGS[own].boolean:
             i += 1  # its value, which may itself start with '-'
+
+
+def vela_options(targets: Sequence[str]) -> dict:
+    """--system-config / --memory-mode for Vela; refused unless an Ethos-U target is named."""
+    given = {k.replace("-", "_"): flag(k) for k in ("system-config", "memory-mode") if present(k)}
+    for k, v in given.items():
+        if not v or not v.strip():
+            raise ConfigError(f"--{k.replace('_', '-')} needs a value (a section of Vela's Arm/vela.ini).")
+    if given and not any(t.startswith("ethos-u") for t in targets):
+        raise ConfigError(f"--{next(iter(given)).replace('_', '-')} configures Vela and needs an Ethos-U target "
+                          "(--target ethos-u55-128, ethos-u65-256 or ethos-u85-256).")
+    return given

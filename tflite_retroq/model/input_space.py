@@ -6,7 +6,7 @@ running statistics; a guess from the logit spread (always reported as a guess).
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -51,6 +51,11 @@ class InputSpace:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpace":
+        """The space a dataset recorded (its metadata's `input_space`), to synthesize more images in it."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
 
 def _front_layers(model) -> List:
     """The preprocessing layers at the very start of the model (after the Input)."""
@@ -73,8 +78,13 @@ def _from_range(lo: np.ndarray, hi: np.ndarray, source: str) -> InputSpace:
     return InputSpace(tuple((lo + hi) / 2), tuple((hi - lo) / 4), tuple(lo), tuple(hi), source)
 
 
-def resolve_input_space(model, spec: Optional[InputSpec] = None) -> InputSpace:
-    """User spec first, then a Rescaling/Normalization front, else plain N(0, 1)."""
+def resolve_input_space(model, spec: Optional[Union[InputSpec, InputSpace]] = None) -> InputSpace:
+    """User spec first, then a Rescaling/Normalization front, then the first BatchNorm, then a clear guess.
+
+    An InputSpace (already resolved, e.g. recorded by a dataset) is taken as it is.
+    """
+    if isinstance(spec, InputSpace):
+        return spec
     channels = int(model_inputs(model)[0].shape[-1])
     spec = spec or InputSpec()
     if spec.mean is not None:
@@ -201,11 +211,21 @@ def infer_input_space_from_bn(model, channels: int) -> Optional["InputSpace"]:
 # its training data; fed inputs 255x too small or too large, the spread is off by orders of
 # magnitude. Only the order of magnitude is used (log distance), so the exact value is not critical.
 _TYPICAL_LOGIT_SPREAD = 3.0
+# The guess is taken only when one convention fits within this factor of the typical spread and the
+# runner-up is at least this factor further off. [0, 1], [-1, 1] and N(0, 1) differ in scale by 2-3.5x,
+# so on a near-linear network they are never separated (the model must say, or the user); [0, 255] is.
+_CLEAR_FACTOR = 4.0
+
+
+def _candidate_label(rng_) -> str:
+    return "N(0, 1)" if rng_ is None else f"[{rng_[0]:g}, {rng_[1]:g}]"
 
 
 def guess_input_space_from_outputs(model, channels: int) -> "InputSpace":
     """No preprocessing layer, no BatchNorm: pick the pixel convention whose smooth test images give
-    logits of a trained classifier's usual spread; always reported as a guess (the caller warns)."""
+    logits of a trained classifier's usual spread, only when the evidence clearly separates it from every
+    other convention; otherwise refuse (InputSpecError naming the flags), never convert on a near-tie.
+    An accepted guess is still reported as a guess (the caller warns)."""
     hw = tuple(int(d) for d in model.inputs[0].shape[1:3])
     rng = np.random.default_rng(0)
     low = rng.uniform(0.0, 1.0, (32, 4, 4, channels)).astype(np.float32)
@@ -219,9 +239,21 @@ def guess_input_space_from_outputs(model, channels: int) -> "InputSpace":
             y = np.log(np.clip(y, 1e-30, 1.0))  # softmax output: back to logits up to a shift
         y = y - y.mean(axis=1, keepdims=True)
         spreads.append(float(np.median(y.std(axis=1))) + 1e-12)
-    best = int(np.argmin([abs(np.log(s / _TYPICAL_LOGIT_SPREAD)) for s in spreads]))
+    dist = np.array([abs(np.log(s / _TYPICAL_LOGIT_SPREAD)) for s in spreads])
+    order = np.argsort(dist, kind="stable")
+    best, second = int(order[0]), int(order[1])
+    evidence = ", ".join(f"{_candidate_label(c[0])}: {s:.3g}" for c, s in zip(cands, spreads))
+    clear = dist[best] <= np.log(_CLEAR_FACTOR) and dist[second] - dist[best] >= np.log(_CLEAR_FACTOR)
+    if not clear:
+        why = ("no convention gives it" if dist[best] > np.log(_CLEAR_FACTOR)
+               else f"{_candidate_label(cands[best][0])} and {_candidate_label(cands[second][0])} both fit")
+        raise InputSpecError(
+            "Cannot tell the model's input space: it has no preprocessing layer and no BatchNorm to infer it from, "
+            f"and the logit spread on smooth test images does not single out one pixel convention ({evidence}; "
+            f"a trained classifier spreads about {_TYPICAL_LOGIT_SPREAD:g}: {why}). State it: --input-range LO,HI "
+            "or --input-mean/--input-std (API: input_spec=InputSpec(value_range=... or mean=..., std=...)).")
     how = (f"guessed (no preprocessing layer, no BatchNorm to infer the input scale from) from the logit spread on "
-           f"smooth test images: {spreads[best]:.3g} vs {spreads[0]:.3g} for N(0, 1)")
+           f"smooth test images ({evidence}; typical {_TYPICAL_LOGIT_SPREAD:g})")
     fix = "; pass --input-range LO,HI or --input-mean/--input-std to state it"
     if best == 0:
         return InputSpace((0.0,) * channels, (1.0,) * channels, None, None, f"{how} -> normalized N(0, 1){fix}")

@@ -1,4 +1,4 @@
-"""Loading a user's model safely: `.keras`, legacy Keras 2 `.h5`, mixed precision -> float32.
+"""Loading a user's model safely: `.keras`, legacy Keras 2 `.h5`, SavedModel, mixed precision -> float32.
 
 Lambda code never runs (safe_mode=True); a model computing in half precision comes back
 as its float32 twin, because synthesis and calibration need float32 gradients and ranges.
@@ -28,8 +28,14 @@ def _load_reason(error: Exception) -> str:
 
 
 def load_model(path: str):
-    """Load a `.keras` (or legacy `.h5`) model with safe_mode=True: Lambda code never runs."""
+    """Load a `.keras` (or legacy `.h5`) model with safe_mode=True: Lambda code never runs.
+
+    A directory is read as a SavedModel (model/saved_model.py): its serving signature as a Keras model.
+    """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        from tflite_retroq.model.saved_model import load_saved_model
+        return load_saved_model(path)
     # Before Keras opens it: a FIFO would block forever, and an unreadable file is not "corrupt".
     check_readable(path, "Model file", ModelError, "pass a Keras model file saved with model.save('model.keras')")
     keras = _keras()

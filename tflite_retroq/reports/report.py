@@ -61,6 +61,8 @@ def format_inspect(info: Dict, name_width: int = 36) -> str:
     ops = ", ".join(f"{k} x{v}" for k, v in info["op_counts"].items()) or "none"
     out = [f"model size: {info['size_bytes']} bytes, {info['subgraphs']} subgraph(s), {info['num_ops']} ops ({ops})"]
     out += [_io_line("input", t) for t in info["inputs"]] + [_io_line("output", t) for t in info["outputs"]]
+    if info.get("float_ops"):
+        out.append(f"float ops: {', '.join(info['float_ops'])}; {info['float_ops_note']}")
     out.append("")
     out.append("tensors (quantized or constant):")
     rows = [[str(t["index"]), _short(t["name"], name_width), t["role"], _short(t["op"], 28), t["dtype"],
@@ -80,9 +82,16 @@ def format_inspect(info: Dict, name_width: int = 36) -> str:
 
 
 def format_targets(estimates: Dict[str, Dict]) -> str:
-    """`retroq inspect --target`: one block per target (Vela estimates or the TFLM arena)."""
+    """`retroq inspect --target`: one block per target (Vela estimates, the TFLM arena, Hexagon placement, or the
+    target's error)."""
     out = ["target estimates:"]
     for name, e in estimates.items():
+        if "error" in e:
+            out.append(f"  {name}: FAILED: {e['error']}")
+            continue
+        if "partitions" in e:
+            out += _format_hexagon(name, e)
+            continue
         if "arena_bytes" in e:
             out.append(f"  {name}: runs on the TFLite Micro runtime (tflite-micro {e['tflm_version']}), "
                        f"tensor arena {e['arena_bytes']:,} bytes, model {e['model_bytes']:,} bytes")
@@ -100,6 +109,18 @@ def format_targets(estimates: Dict[str, Dict]) -> str:
                    f"SRAM {e['sram_bytes']:,} bytes, flash {e['flash_bytes']:,} bytes"
                    + (f", DRAM {e['dram_bytes']:,} bytes" if e["dram_bytes"] else ""))
     return "\n".join(out)
+
+
+def _format_hexagon(name: str, e: Dict) -> List[str]:
+    """A Qualcomm HTP compilation: placement, partitions, each operator left on the CPU and why, sizes."""
+    cpu = f" ({', '.join(e['cpu_op_types'])})" if e["cpu_op_types"] else ""
+    out = [f"  {name}: Qualcomm HTP {e['soc']}, LiteRT AOT plugin (ai-edge-litert {e['litert_version']}, "
+           f"QNN SDK {e['qnn_sdk_version']}); placement only, no timing offline",
+           f"    operators: {e['npu_ops']} on the NPU in {e['partitions']} partition"
+           f"{'s' if e['partitions'] != 1 else ''}, {e['cpu_ops']} on the CPU{cpu} ({100.0 * e['npu_fraction']:.1f} % NPU)"]
+    out += [f"    CPU: op #{r['index']} {r['op']}: {r['reason']}" for r in e["rejected"]]
+    out.append(f"    compiled {e['compiled_bytes']:,} bytes (HTP context binaries {e['context_bytes']:,} bytes)")
+    return out
 
 
 def _format_tables(info: Dict, name_width: int) -> List[str]:

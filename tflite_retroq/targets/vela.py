@@ -11,8 +11,8 @@ import sys
 import tempfile
 from typing import Dict, Optional, Tuple
 
-from tflite_retroq.errors import TargetError
-from tflite_retroq.targets.tools import _require, _version, last_line
+from tflite_retroq.errors import ConfigError, TargetError
+from tflite_retroq.targets.tools import Placement, _require, _version, last_line
 from tflite_retroq.tflite import model as tfm
 
 # Accelerator -> (system config, memory mode) of Vela's Arm/vela.ini. All three are the
@@ -31,7 +31,7 @@ _KIB = 1024
 # ----------------------------------------------------------------------------- Vela (Ethos-U)
 
 @dataclasses.dataclass(frozen=True)
-class VelaEstimate:
+class VelaEstimate(Placement):
     """Vela's summary of one compilation (times in seconds, sizes in bytes)."""
 
     accelerator: str
@@ -51,16 +51,6 @@ class VelaEstimate:
     cycles: int
     vela_version: str
 
-    @property
-    def npu_fraction(self) -> float:
-        total = self.npu_ops + self.cpu_ops
-        return self.npu_ops / total if total else 0.0
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["cpu_op_types"] = list(self.cpu_op_types)
-        d["npu_fraction"] = self.npu_fraction
-        return d
 
 
 def _ops_line(text: str, kind: str) -> int:
@@ -71,13 +61,37 @@ def _ops_line(text: str, kind: str) -> int:
     return int(m.group(1))
 
 
+def vela_configs() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(system configs, memory modes) that Vela's own Arm/vela.ini defines."""
+    import configparser
+    import importlib.util
+    _require("ethosu.vela", "ethos-u-vela")
+    root = list(importlib.util.find_spec("ethosu").submodule_search_locations)[0]
+    ini = configparser.ConfigParser()
+    ini.read(os.path.join(root, "config_files", "Arm", "vela.ini"))
+    def names(kind):
+        return tuple(sec.split(".", 1)[1] for sec in ini.sections() if sec.startswith(kind + "."))
+    return names("System_Config"), names("Memory_Mode")
+
+
+def _check_config(value: Optional[str], known: Tuple[str, ...], what: str) -> None:
+    if value is not None and known and value not in known:
+        raise ConfigError(f"{what} {value!r} is not in Vela's Arm/vela.ini; choose one of {', '.join(known)}.")
+
+
 def vela_estimate(model_bytes: bytes, accelerator: str = "ethos-u55-128", *, system_config: Optional[str] = None,
                   memory_mode: Optional[str] = None, timeout_s: float = 900.0) -> VelaEstimate:
     """Compile an int8 .tflite with Vela for `accelerator` (ethos-u55-128, ethos-u65-256, ethos-u85-256 or any
-    --accelerator-config Vela knows) and parse its summary. Runs Vela in a subprocess and a temporary directory."""
+    --accelerator-config Vela knows) and parse its summary. Runs Vela in a subprocess and a temporary directory.
+    `system_config` / `memory_mode`: sections of Vela's Arm/vela.ini (default: ETHOS_U's microcontroller-class
+    system for the accelerator); an unknown name is a ConfigError."""
     model_bytes = bytes(model_bytes)
     tfm.read(model_bytes)  # TFLiteModelError for anything that is not a .tflite
     _require("ethosu.vela", "ethos-u-vela")
+    if system_config is not None or memory_mode is not None:
+        systems, modes = vela_configs()
+        _check_config(system_config, systems, "system_config")
+        _check_config(memory_mode, modes, "memory_mode")
     default_sys, default_mem = ETHOS_U.get(accelerator, (None, None))
     system_config = system_config or default_sys
     memory_mode = memory_mode or default_mem

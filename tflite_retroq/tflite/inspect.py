@@ -55,6 +55,31 @@ def _io(model, sg, indices, types) -> List[dict]:
     return out
 
 
+# Where a float op can run. A `.tflite` with float ops between DEQUANTIZE and QUANTIZE runs on LiteRT's CPU
+# kernels, but int8-only accelerators cannot execute those ops: the Ethos-U NPU (Vela leaves them to the host
+# CPU), the Hexagon NPU (the Qualcomm compiler leaves them to the CPU) and TFLite Micro builds without float
+# kernels.
+FLOAT_OPS_NOTE = ("not fully integer: Ethos-U (Vela), the Hexagon NPU and int8-only TFLite Micro builds cannot run "
+                  "these ops (they fall back to a CPU with float kernels, or fail)")
+
+
+def float_ops(data: bytes) -> List[str]:
+    """Every op that computes in float32 (QUANTIZE / DEQUANTIZE at the borders excepted), as `KIND (output name)`."""
+    model = tfm.read(bytes(data))
+    found = []
+    for sg in model.subgraphs:
+        for op in sg.operators or []:
+            name = tfm.op_name(model, op) or "CUSTOM"
+            if name in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            tensors = [i for i in list(op.inputs if op.inputs is not None else [])
+                       + list(op.outputs if op.outputs is not None else []) if i >= 0]
+            if any(sg.tensors[i].type == 0 for i in tensors):  # FLOAT32
+                out = tfm.tensor_name(sg.tensors[op.outputs[0]]).split(";")[0] if len(op.outputs) else "?"
+                found.append(f"{name} ({out})")
+    return found
+
+
 def inspect_model(data: bytes) -> dict:
     """Summary of a .tflite flatbuffer (bytes); TFLiteModelError if it is not one."""
     model = tfm.read(bytes(data))
@@ -130,6 +155,7 @@ def inspect_model(data: bytes) -> dict:
                 "weight_bits": _effective_bits(max_abs) if max_abs is not None else None,
                 "bias_dtype": types.get(sg.tensors[wop.bias].type) if wop.bias >= 0 else None,
             })
+    floats = float_ops(data)
     return {
         "size_bytes": len(data),
         "subgraphs": len(model.subgraphs),
@@ -139,6 +165,8 @@ def inspect_model(data: bytes) -> dict:
         "outputs": outputs,
         "tensors": tensors,
         "layers": layers,
+        "float_ops": floats,
+        "float_ops_note": FLOAT_OPS_NOTE if floats else None,
         **_weight_tables(data),
     }
 

@@ -15,6 +15,8 @@ from tflite_retroq.errors import TFLiteModelError
 
 QUANTIZABLE = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
+INT4 = 17  # TensorType INT4: two values per byte, the first in the low nibble
+
 _NP = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
 
 
@@ -123,11 +125,29 @@ def tensor_array(model, subgraph, index: int) -> Optional[np.ndarray]:
     buf = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
     if buf is None or len(buf) == 0:
         return None
+    if t.type == INT4:
+        return unpack_int4(np.asarray(buf, np.uint8), list(t.shape))
     dtype = _NP.get(t.type)
     if dtype is None:
         raise TFLiteModelError(f"Tensor {tensor_name(t)!r} has unsupported type {t.type}.")
     shape = list(t.shape) if t.shape is not None else []  # an absent shape vector is a scalar
     return np.frombuffer(np.asarray(buf, np.uint8).tobytes(), dtype=dtype).reshape(shape)
+
+
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """int8 values in [-8, 7] -> bytes, two per byte, element 2i in the low nibble (odd count: 0-padded)."""
+    v = np.asarray(values, np.int16).reshape(-1)
+    if v.size % 2:
+        v = np.append(v, 0)
+    return ((v[0::2] & 0xF) | ((v[1::2] & 0xF) << 4)).astype(np.uint8)
+
+
+def unpack_int4(data: np.ndarray, shape) -> np.ndarray:
+    """The inverse of pack_int4: int8 values of `shape` (sign-extended nibbles)."""
+    d = np.asarray(data, np.uint8)
+    nib = np.stack([d & 0xF, d >> 4], axis=1).reshape(-1).astype(np.int16)
+    n = int(np.prod(shape)) if len(shape) else 1
+    return np.where(nib >= 8, nib - 16, nib)[:n].astype(np.int8).reshape(shape)
 
 
 def set_tensor_data(model, subgraph, index: int, array: np.ndarray) -> None:

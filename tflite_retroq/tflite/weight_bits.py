@@ -3,7 +3,8 @@
 The weights are re-quantized from the BN-folded float weights of the calibrated
 model (same op output names), not from the int8 weights, so no double rounding
 enters; biases are re-derived as round(b / (input_scale * weight_scale)). Ties round away
-from zero, as the converter does.
+from zero, as the converter does; where a bias would leave the converter's range, that channel's
+weight scale grows as the converter grows it (quant.uniform.fit_bias), never a clipped bias.
 Tensors stay int8, so every int8 kernel and delegate runs the result.
 """
 from __future__ import annotations
@@ -12,26 +13,52 @@ import numpy as np
 
 from tflite_retroq.errors import TFLiteModelError
 from tflite_retroq.tflite import model as tfm
-from tflite_retroq.quant.uniform import quantize_bias, symmetric_quantize
+from tflite_retroq.quant.uniform import (BIAS_MAX, fit_bias, max_scale, quantize_bias, quantize_with_scale,
+                                         symmetric_quantize)
 
 
 def requantize_op(model, calibrated, wop: tfm.WeightOp, fop: tfm.WeightOp, bits: int, per_channel: bool) -> None:
-    """Re-quantize one op's weight (+bias) in `model` from the float tensors of `calibrated`."""
-    sg, fsg = model.subgraphs[wop.subgraph], calibrated.subgraphs[fop.subgraph]
+    """Re-quantize one op's weight (+bias) in `model` from the float tensors of `calibrated`.
+
+    A channel whose bias would leave the converter's bias range gets a larger weight scale, as the
+    converter does (quant.uniform.fit_bias), so no bias is ever clipped."""
+    w, b = float_weights(calibrated, fop, wop.output_name)
+    dim = channel_dim(wop.kind) if per_channel else None
+    scale, _ = fit_bias(max_scale(w, bits, dim), b, input_scale(model, wop))
+    write_op(model, wop, quantize_with_scale(w, scale, bits, dim), scale, dim, b)
+
+
+def channel_dim(kind: str) -> int:
+    """The output-channel axis of a TFLite weight tensor (3 for DEPTHWISE_CONV_2D, else 0)."""
+    return 3 if kind == "DEPTHWISE_CONV_2D" else 0
+
+
+def input_scale(model, wop: tfm.WeightOp) -> float:
+    s = tfm.scales(model.subgraphs[wop.subgraph].tensors[wop.input])
+    return float(s[0]) if s.size else 0.0
+
+
+def float_weights(calibrated, fop: tfm.WeightOp, name: str):
+    """(float weight, float bias or None) of an op of the calibrated model."""
+    fsg = calibrated.subgraphs[fop.subgraph]
     w = tfm.tensor_array(calibrated, fsg, fop.weight)
     if w is None or w.dtype != np.float32:
-        raise TFLiteModelError(f"Op {wop.output_name!r}: the calibrated model has no float weights for it.")
-    wt = sg.tensors[wop.weight]
-    dim = 3 if wop.kind == "DEPTHWISE_CONV_2D" else 0
-    q, scale = symmetric_quantize(w, bits, dim if per_channel else None)
+        raise TFLiteModelError(f"Op {name!r}: the calibrated model has no float weights for it.")
+    b = tfm.tensor_array(calibrated, fsg, fop.bias) if fop.bias >= 0 else None
+    return w, (None if b is None else b.astype(np.float32))
+
+
+def write_op(model, wop: tfm.WeightOp, q: np.ndarray, scale: np.ndarray, dim, bias) -> None:
+    """Write int8 codes `q` with `scale` (per channel along `dim`, or per tensor if None) and the bias
+    re-derived as round(b / (input_scale * scale)); refuse a bias that would not fit (never clip)."""
+    sg = model.subgraphs[wop.subgraph]
     tfm.set_tensor_data(model, sg, wop.weight, q)
-    tfm.set_quantization(wt, scale, dim if per_channel else 0)
+    tfm.set_quantization(sg.tensors[wop.weight], scale, 0 if dim is None else dim)
     if wop.bias >= 0:
-        in_scale = float(tfm.scales(sg.tensors[wop.input])[0])
-        b = tfm.tensor_array(calibrated, fsg, fop.bias) if fop.bias >= 0 else None
-        if b is None:
-            b = np.zeros(sg.tensors[wop.bias].shape, np.float32)
-        bq, bscale = quantize_bias(b.astype(np.float32), in_scale, scale)
+        b = bias if bias is not None else np.zeros(sg.tensors[wop.bias].shape, np.float32)
+        bq, bscale = quantize_bias(b.astype(np.float32), input_scale(model, wop), scale)
+        if np.any(np.abs(bq.astype(np.int64)) > BIAS_MAX + 1):
+            raise TFLiteModelError(f"Op {wop.output_name!r}: a bias does not fit int32 at its weight scale.")
         tfm.set_tensor_data(model, sg, wop.bias, bq)
         tfm.set_quantization(sg.tensors[wop.bias], bscale, 0)
 

@@ -1,0 +1,137 @@
+"""One layer's learned rounding (AdaRound, Nagel et al. 2020): choose each weight's rounding up or down,
+and shift the bias, so the layer's int8 output reconstructs the float model's.
+
+The layer is simulated in TensorFlow from its TFLite operator (CONV_2D, DEPTHWISE_CONV_2D,
+FULLY_CONNECTED with their strides, padding, dilation and fused activation) and its output is
+clipped to the int8 range of its output tensor, as the int8 kernel saturates. Its inputs are the
+dequantized int8 activations of the quantized model (earlier layers already rounded, every
+activation quantized as the converter calibrated it); its targets are the float model's outputs on
+the same images, so the reconstruction also absorbs the error that reaches the layer.
+Weights stay on their grid: code = floor(w / s) + h with h in {0, 1}, clipped to +-qmax.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import numpy as np
+
+_ZETA, _GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerOp:
+    """What the simulation needs to know about one TFLite weight op."""
+    kind: str
+    strides: Tuple[int, int] = (1, 1)
+    dilations: Tuple[int, int] = (1, 1)
+    padding: str = "SAME"
+    activation: int = 0                 # TFLite ActivationFunctionType: 0 none, 1 relu, 2 relu_n1_to_1, 3 relu6
+    out_range: Tuple[float, float] = (-np.inf, np.inf)   # what the int8 output tensor can hold
+
+    @classmethod
+    def from_tflite(cls, op, kind: str, out_range: Tuple[float, float]) -> "LayerOp":
+        o = op.builtinOptions
+        act = int(getattr(o, "fusedActivationFunction", 0) or 0)
+        if kind == "FULLY_CONNECTED":
+            return cls(kind, activation=act, out_range=out_range)
+        return cls(kind, (int(o.strideH), int(o.strideW)),
+                   (int(getattr(o, "dilationHFactor", 1) or 1), int(getattr(o, "dilationWFactor", 1) or 1)),
+                   "SAME" if int(o.padding) == 0 else "VALID", act, out_range)
+
+    def apply(self, x, w, b):
+        """Float output of the op for input x [N, ...] and weight w in TFLite layout (TensorFlow tensors)."""
+        import tensorflow as tf
+        if self.kind == "CONV_2D":
+            y = tf.nn.conv2d(x, tf.transpose(w, (1, 2, 3, 0)), strides=(1,) + self.strides + (1,),
+                             padding=self.padding, dilations=(1,) + self.dilations + (1,))
+        elif self.kind == "DEPTHWISE_CONV_2D":
+            cin = int(x.shape[-1])
+            f = tf.reshape(w[0], (int(w.shape[1]), int(w.shape[2]), cin, -1))
+            y = tf.nn.depthwise_conv2d(x, f, strides=(1,) + self.strides + (1,), padding=self.padding,
+                                       dilations=self.dilations)
+        else:
+            y = tf.matmul(tf.reshape(x, (-1, int(w.shape[1]))), w, transpose_b=True)
+        y = y + b
+        lo, hi = self.out_range
+        if self.activation == 1:
+            lo = max(lo, 0.0)
+        elif self.activation == 2:
+            lo, hi = max(lo, -1.0), min(hi, 1.0)
+        elif self.activation == 3:
+            lo, hi = max(lo, 0.0), min(hi, 6.0)
+        return tf.clip_by_value(y, lo, hi)
+
+
+def layer_error(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, chunk: int = 64) -> float:
+    """Mean over samples (and positions) of the squared output error summed over channels."""
+    import tensorflow as tf
+    total, count = 0.0, 0
+    for i in range(0, len(x), chunk):
+        out = op.apply(tf.constant(x[i:i + chunk]), tf.constant(w), tf.constant(b)).numpy()
+        d = out.reshape(-1, out.shape[-1]) - y[i:i + chunk].reshape(-1, out.shape[-1])
+        total += float(np.sum(np.square(d, dtype=np.float64)))
+        count += d.shape[0]
+    return total / max(count, 1)
+
+
+def optimize_layer(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, scale: np.ndarray, dim: Optional[int],
+                   bits: int, bias: np.ndarray, bias_unit: float, iterations: int, batch_size: int, reg_weight: float,
+                   learning_rate: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(int8 codes, float bias) after `iterations` Adam steps on rounding and bias; deterministic for a seed.
+
+    Rounding variables start at the fractional part (soft nearest rounding); the regularizer, off for
+    the first fifth of the steps, then pushes every h to 0 or 1 with its exponent annealed from 20
+    to 2; the codes are floor + (h >= 0.5). `bias_unit` (the output's quantization step) scales the
+    bias shift so one learning rate fits layers of any magnitude.
+    """
+    import tensorflow as tf
+    qmax = float(2 ** (bits - 1) - 1)
+    shape = [1] * w.ndim
+    if dim is not None:
+        shape[dim] = -1
+    s = np.asarray(scale, np.float32).reshape(shape)
+    ratio = np.asarray(w, np.float32) / s
+    floor = np.floor(ratio).astype(np.float32)
+    frac = np.clip(ratio - floor, 1e-4, 1 - 1e-4)
+    v0 = -np.log((_ZETA - _GAMMA) / (frac - _GAMMA) - 1.0)   # h(v0) = frac
+    v, u = tf.Variable(v0.astype(np.float32)), tf.Variable(np.zeros(bias.shape, np.float32))
+    params = [v, u]
+    m = [tf.Variable(tf.zeros_like(p)) for p in params]
+    r = [tf.Variable(tf.zeros_like(p)) for p in params]
+    xs, ys = tf.constant(x), tf.constant(y.reshape((len(y), -1)) if op.kind == "FULLY_CONNECTED" else y)
+    floor_t, s_t, b_t = tf.constant(floor), tf.constant(s), tf.constant(bias.astype(np.float32))
+    unit = tf.constant(np.float32(bias_unit))
+
+    def soft(vv):
+        return tf.clip_by_value(tf.sigmoid(vv) * (_ZETA - _GAMMA) + _GAMMA, 0.0, 1.0)
+
+    @tf.function(reduce_retracing=True)
+    def step(idx, beta, reg_on, t):
+        with tf.GradientTape() as tape:
+            h = soft(v)
+            wq = tf.clip_by_value(floor_t + h, -qmax, qmax) * s_t
+            out = op.apply(tf.gather(xs, idx), wq, b_t + u * unit)
+            target = tf.reshape(tf.gather(ys, idx), tf.shape(out))
+            rec = tf.reduce_mean(tf.reduce_sum(tf.square(out - target), axis=-1))
+            reg = tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * h - 1.0), beta))
+            loss = rec + reg_on * reg_weight * reg
+        grads = tape.gradient(loss, params)
+        for p, g, mm, rr in zip(params, grads, m, r):
+            mm.assign(0.9 * mm + 0.1 * g)
+            rr.assign(0.999 * rr + 0.001 * tf.square(g))
+            p.assign_sub(learning_rate * (mm / (1 - 0.9 ** t)) / (tf.sqrt(rr / (1 - 0.999 ** t)) + 1e-8))
+        return loss
+
+    rng = np.random.default_rng(seed)
+    n, bs = len(x), min(batch_size, len(x))
+    warm = iterations // 5
+    for it in range(iterations):
+        idx = rng.choice(n, bs, replace=False).astype(np.int32)
+        frac_done = max(0.0, (it - warm) / max(1, iterations - warm))
+        beta = 20.0 + (2.0 - 20.0) * frac_done
+        step(tf.constant(idx), tf.constant(beta, tf.float32), tf.constant(0.0 if it < warm else 1.0),
+             tf.constant(float(it + 1)))
+    up = (soft(v).numpy() >= 0.5).astype(np.float32)
+    codes = np.clip(floor + up, -qmax, qmax).astype(np.int8)
+    return codes, (bias + u.numpy() * bias_unit).astype(np.float32)

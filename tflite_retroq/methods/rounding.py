@@ -1,0 +1,210 @@
+"""Learned rounding on unlabeled (synthetic) images: the flatbuffer pass behind convert(rounding="learned").
+
+Layer by layer in graph order, each CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED weight of the int8
+model keeps its grid (its scale, per-channel or per-tensor, at the asked bits) but each weight picks
+rounding up or down, and its bias shifts, to reconstruct the float model's output of that layer
+(methods/reconstruct.py). The float side is the calibrated model (BN already folded, the exact float
+weights the converter quantized); the quantized side is the int8 model itself run on the LiteRT
+interpreter, so the reconstruction sees the activation quantization exactly as the converter applied
+it, and every later layer sees the rounding already chosen for the earlier ones. A layer whose
+learned choice does not lower its error on the images keeps round-to-nearest.
+
+The work is fixed by the model, never by the clock: `iterations` Adam steps per layer on mini-batches
+of `batch_size` images (default: from the layer's multiply-accumulates, see `layer_iterations`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from tflite_retroq.errors import ConfigError, DataError
+from tflite_retroq.methods.reconstruct import LayerOp, layer_error, optimize_layer
+from tflite_retroq.quant.uniform import BIAS_MAX
+from tflite_retroq.tflite import model as tfm
+from tflite_retroq.tflite.weight_bits import channel_dim, float_weights, input_scale, matched_ops, write_op
+
+ROUNDING_MODES = ("nearest", "learned")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundingConfig:
+    """Learned-rounding knobs. iterations: Adam steps per layer (None: from the layer's cost)."""
+    iterations: Optional[int] = None
+    batch_size: int = 32
+    reg_weight: float = 0.01
+    learning_rate: float = 5e-3
+    seed: int = 0
+
+    MAX_ITERATIONS = 1000
+    MIN_ITERATIONS = 200
+    MAC_BUDGET = 2.0e10   # multiply-accumulates per layer (iterations x batch x MACs per image)
+
+    def __post_init__(self):
+        for name, lo in (("batch_size", 1), ("seed", -2 ** 31)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ConfigError(f"rounding {name}={v!r} must be an integer >= {lo}.")
+        if self.iterations is not None and (not isinstance(self.iterations, int) or isinstance(self.iterations, bool)
+                                            or self.iterations < 0):
+            raise ConfigError(f"rounding iterations={self.iterations!r} must be an integer >= 0 (or None).")
+        for name in ("reg_weight", "learning_rate"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v <= 0:
+                raise ConfigError(f"rounding {name}={v!r} must be a positive number.")
+
+    def layer_iterations(self, macs_per_image: int) -> int:
+        """Steps for a layer: the MAC budget over its cost per step, within [MIN, MAX] iterations."""
+        if self.iterations is not None:
+            return self.iterations
+        n = int(self.MAC_BUDGET // max(1, macs_per_image * self.batch_size))
+        return int(min(self.MAX_ITERATIONS, max(self.MIN_ITERATIONS, n)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRounding:
+    """What the pass chose for one op: its codes, bias and errors on the images (nearest vs learned)."""
+    output_name: str
+    kind: str
+    codes: np.ndarray          # int8 codes written into the flatbuffer
+    bias: Optional[np.ndarray]  # float bias the int32 bias was derived from
+    nearest_error: float
+    learned_error: float
+    kept_nearest: bool
+    iterations: int
+
+
+def check_rounding(rounding: str, nonuniform: bool) -> None:
+    """convert()'s rounding option, checked before any expensive work."""
+    if rounding not in ROUNDING_MODES:
+        raise ConfigError(f"rounding={rounding!r} is not valid; choose 'nearest' or 'learned'.")
+    if rounding == "learned" and nonuniform:
+        raise ConfigError("rounding='learned' chooses between the two neighbouring points of a uniform grid; the "
+                          "non-uniform levels have no such grid. Use one of rounding='learned' or nonuniform=True.")
+
+
+def _interpreter(model_bytes: bytes):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tflite_retroq.io_utils import library_quiet
+    with library_quiet():  # builtin kernels: every intermediate tensor stays readable (no delegate)
+        return Interpreter(model_content=bytes(model_bytes), experimental_preserve_all_tensors=True,
+                           experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+def capture(model_bytes: bytes, images: np.ndarray, tensors: List[int], batch_size: int = 32) -> Dict[int, np.ndarray]:
+    """Float values of subgraph-0 tensors `tensors` over `images` (int8 ones dequantized)."""
+    it = _interpreter(model_bytes)
+    inp = it.get_input_details()[0]
+    sig = inp.get("shape_signature")
+    fixed = int(sig[0]) if sig is not None and len(sig) and int(sig[0]) > 0 else None
+    bs = fixed or batch_size
+    if fixed is None:
+        it.resize_tensor_input(inp["index"], [bs] + list(inp["shape"][1:]))
+    it.allocate_tensors()
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    out: Dict[int, list] = {t: [] for t in tensors}
+    for start in range(0, len(images), bs):
+        x = np.asarray(images[start:start + bs], np.float32)
+        n = len(x)
+        if n < bs:
+            x = np.concatenate([x, np.zeros((bs - n,) + x.shape[1:], np.float32)])
+        if inp["dtype"] == np.int8:
+            s, zp = inp["quantization"]
+            x = np.clip(np.round(x / s) + zp, -128, 127).astype(np.int8)
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        for t in tensors:
+            a = it.get_tensor(t)[:n]
+            if a.dtype == np.int8:
+                s, zp = details[t]["quantization"]
+                a = (a.astype(np.float32) - zp) * np.float32(s)
+            out[t].append(np.asarray(a, np.float32))
+    return {t: np.concatenate(v) for t, v in out.items()}
+
+
+def _out_range(tensor) -> tuple:
+    s = tfm.scales(tensor)
+    if s.size != 1:
+        return (-np.inf, np.inf)
+    zp = int(tensor.quantization.zeroPoint[0]) if tensor.quantization.zeroPoint is not None else 0
+    return (float((-128 - zp) * s[0]), float((127 - zp) * s[0]))
+
+
+def _macs(w: np.ndarray, y: np.ndarray, kind: str) -> int:
+    """Multiply-accumulates per image of an op with weight `w` and output `y` [N, ...]."""
+    positions = int(np.prod(y.shape[1:-1])) if y.ndim > 2 else 1
+    per_out = int(np.prod(w.shape[1:]))
+    return positions * (per_out * (1 if kind == "DEPTHWISE_CONV_2D" else int(y.shape[-1])))
+
+
+def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bits: int,
+                     config: Optional[RoundingConfig] = None, progress: bool = False, return_layers: bool = False):
+    """bytes -> bytes: the int8 model with every weight op's rounding and bias learned on `images`.
+
+    `quantized` holds the grid (scales at `bits`, e.g. from weight_bits.limit_weight_bits), `calibrated`
+    the float model it was quantized from; `images` are in the model's input space (float, [N, ...]).
+    With return_layers, returns (bytes, [LayerRounding]).
+    """
+    config = config or RoundingConfig()
+    images = np.asarray(images, np.float32)
+    if images.ndim < 2 or len(images) == 0:
+        raise DataError("Learned rounding needs calibration images ([N, H, W, C], N >= 1).")
+    qm, cal = tfm.read(quantized), tfm.read(calibrated)
+    pairs = [(w, f) for w, f in matched_ops(qm, cal)
+             if w.subgraph == 0 and qm.subgraphs[0].tensors[w.weight].type == 9]
+    float_out = capture(calibrated, images, sorted({_out_index(cal, f) for _, f in pairs}))
+    layers: List[LayerRounding] = []
+    seen = set()
+    for i, (wop, fop) in enumerate(pairs):
+        if wop.weight in seen:
+            continue
+        seen.add(wop.weight)
+        sg = qm.subgraphs[0]
+        w, b = float_weights(cal, fop, wop.output_name)
+        wt = sg.tensors[wop.weight]
+        scale = tfm.scales(wt)
+        dim = channel_dim(wop.kind) if scale.size > 1 else None
+        op = LayerOp.from_tflite(sg.operators[wop.index], wop.kind, _out_range(sg.tensors[_out_index(qm, wop)]))
+        x = capture(tfm.write(qm), images, [wop.input])[wop.input]
+        y = np.clip(float_out[_out_index(cal, fop)], *op.out_range)
+        nearest = tfm.tensor_array(qm, sg, wop.weight).astype(np.float32)
+        shape = [1] * w.ndim
+        if dim is not None:
+            shape[dim] = -1
+        s = scale.reshape(shape)
+        bias0 = b if b is not None else np.zeros(int(y.shape[-1]), np.float32)
+        err0 = layer_error(op, x, y, nearest * s, bias0)
+        steps = config.layer_iterations(_macs(w, y, wop.kind))
+        unit = float(tfm.scales(sg.tensors[_out_index(qm, wop)])[0]) if wop.bias >= 0 else 0.0
+        codes, bias = optimize_layer(op, x, y, w, scale, dim, bits, bias0, unit, steps, config.batch_size,
+                                     config.reg_weight, config.learning_rate, config.seed + i)
+        bias = _fitting_bias(bias, bias0, input_scale(qm, wop), scale)
+        err1 = layer_error(op, x, y, codes.astype(np.float32) * s, bias)
+        keep = not err1 < err0
+        if keep:
+            codes, bias = nearest.astype(np.int8), bias0
+        write_op(qm, wop, codes, scale, dim, bias if wop.bias >= 0 else None)
+        layers.append(LayerRounding(wop.output_name, wop.kind, codes, bias if wop.bias >= 0 else None,
+                                    err0, min(err0, err1), keep, steps))
+        if progress:
+            name = wop.output_name.split(";")[0][-60:]  # fused ops carry every folded name; the first says enough
+            print(f"rounding {len(layers)}/{len(pairs)} {wop.kind} {name}: {steps} steps, error {err0:.4g} -> "
+                  f"{min(err0, err1):.4g}{' (kept nearest)' if keep else ''}", file=sys.stderr, flush=True)
+    out = tfm.write(qm)
+    return (out, layers) if return_layers else out
+
+
+def _fitting_bias(bias: np.ndarray, bias0: np.ndarray, in_scale: float, scale: np.ndarray) -> np.ndarray:
+    """The learned bias, except in a channel where it would leave the converter's bias range at this
+    weight scale: there the original bias stays (it fits, the scale was sized for it), never a clip."""
+    if in_scale <= 0:
+        return bias
+    bias_scale = np.float64(np.float32(in_scale)) * np.asarray(scale, np.float64)
+    over = np.abs(np.asarray(bias, np.float64)) / bias_scale > BIAS_MAX
+    return np.where(over, bias0, bias).astype(np.float32)
+
+
+def _out_index(model, wop: tfm.WeightOp) -> int:
+    return int(model.subgraphs[wop.subgraph].operators[wop.index].outputs[0])
