@@ -119,7 +119,8 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
   --memory-mode M       Vela memory mode (Arm/vela.ini) for the Ethos-U targets
 """),
 )
-_FOOT = """Errors print one line `retroq: error: ...` on stderr and exit with code 2. `inspect --target`
+_ERRORS = "Errors print one line `retroq: error: ...` on stderr and exit with code 2."
+_FOOT = _ERRORS + """ `inspect --target`
 prints every target's result and exits with code 1 when some target failed (one error line each).
 """
 USAGE = "\n".join([_HEAD, "usage:\n" + "".join(_USAGE_LINES.values()), _COMMANDS,
@@ -131,7 +132,7 @@ def verb_help(verb: str) -> str:
     if verb not in _USAGE_LINES:
         return USAGE
     return "\n".join([_HEAD, "usage:\n" + _USAGE_LINES[verb], *(t for vs, t in SECTIONS if verb in vs),
-                      "See `retroq --help` for every command.\n" + _FOOT])
+                      "See `retroq --help` for every command.\n" + (_FOOT if verb == "inspect" else _ERRORS + "\n")])
 
 
 COMMANDS = ("synthesize", "convert", "analyze", "inspect")
