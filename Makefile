@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean docs demo-results notebooks
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,17 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Docs that cannot drift: README blocks are generated from benchmarks/results/*.json (tests/test_readme.py
+# fails when they differ); notebooks are re-executed in place so their saved outputs are today's.
+demo-results: demo
+	cp demo_out/report.json benchmarks/results/demo.json
+
+docs: install
+	$(PY) -m benchmarks.docs
+
+notebooks: install
+	$(PY) -m benchmarks.notebooks
 
 bench: install
 	$(PY) -m benchmarks.calibration_sources

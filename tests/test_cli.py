@@ -191,6 +191,29 @@ def test_help_is_usage_and_exit_0():
         assert word in proc.stdout
 
 
+@pytest.mark.parametrize("verb", ["synthesize", "convert", "analyze", "inspect"])
+def test_verb_help_lists_that_verbs_flags(verb):
+    """`retroq VERB --help` names every flag VERB accepts (from the table the CLI checks flags against),
+    and none of the flags only convert or inspect take."""
+    from tflite_retroq.cli.flags import ALLOWED
+    proc = retroq(verb, "--help")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert f"retroq {verb}" in proc.stdout
+    for name in ALLOWED[verb] - {"output"}:
+        assert f"--{name}" in proc.stdout, f"`retroq {verb} --help` does not mention --{name}"
+    only = {"convert": ("scheme", "pack", "io", "report", "static-batch", "nonuniform"), "inspect": ("json", "target")}
+    for owner, names in only.items():
+        for name in names if owner != verb else ():
+            assert f"--{name}" not in proc.stdout, f"--{name} (only `retroq {owner}`) in `retroq {verb} --help`"
+    assert proc.stdout != retroq("--help").stdout
+
+
+def test_help_anywhere_and_helpfull_exit_0():
+    for args in (("convert", "model.keras", "--help"), ("help", "inspect"), ("--helpfull",), ("-h",)):
+        proc = retroq(*args)
+        assert proc.returncode == 0 and "usage:" in proc.stdout and proc.stderr == "", (args, proc.stderr)
+
+
 def test_synthesize_writes_dataset(synthesized):
     from tflite_retroq.dataset import SyntheticDataset
     proc, out = synthesized

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 H, W, C, CLASSES = 8, 8, 3, 4
-TIMEOUT = 120  # a FIFO read that blocks shows up as a timeout, not a hung suite
+TIMEOUT = 300  # a FIFO read that blocks shows up as a timeout, not a hung suite (TF import under load: ~1 min)
 
 
 def _cli():
@@ -197,7 +197,8 @@ def files():
     for name, space in (("space_int", 3), ("space_str", "normalized")):
         meta = json.dumps({"format": "tflite_retroq.SyntheticDataset/1", "metadata": {"input_space": space},
                            "loss_history": {}})
-        np.savez(d / f"{name}.npz", images=np.zeros((4, H, W, C), np.float32), labels=np.arange(4), meta=np.asarray(meta))
+        np.savez(d / f"{name}.npz", images=np.zeros((4, H, W, C), np.float32), labels=np.arange(4),
+                 meta=np.asarray(meta))
     np.savez(d / "own.npz", images=np.zeros((4, H, W, C), np.float32), labels=np.arange(4))
     _huge_header(d / "data.npz", d / "huge_header.npz")
     _custom_layer_model(keras, d / "custom.keras")

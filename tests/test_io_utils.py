@@ -101,6 +101,34 @@ def test_non_regular_output_is_refused(tmp_path, kind):
         assert [p.name for p in tmp_path.iterdir()] == ["out.tflite"]
 
 
+def test_read_only_output_is_refused_even_for_root(tmp_path):
+    """A file without any write bit is refused whoever runs (root's os.access says writable; the README
+    promises the refusal), and nothing is written; a writable one is replaced."""
+    from tflite_retroq.errors import OutputError
+    from tflite_retroq.io_utils import write_bytes
+    ro = tmp_path / "ro.tflite"
+    ro.write_bytes(b"old")
+    ro.chmod(0o444)
+    with pytest.raises(OutputError, match="read-only"):
+        write_bytes(str(ro), b"new")
+    assert ro.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["ro.tflite"]
+    ro.chmod(0o644)
+    write_bytes(str(ro), b"new")
+    assert ro.read_bytes() == b"new"
+
+
+def test_memory_budget_variable_must_be_positive_and_finite(monkeypatch):
+    from tflite_retroq import resources
+    from tflite_retroq.errors import ConfigError
+    for bad in ("nan", "inf", "-inf", "0", "-1", "abc", "1e400"):
+        monkeypatch.setenv(resources.ENV_BUDGET, bad)
+        with pytest.raises(ConfigError, match=resources.ENV_BUDGET):
+            resources.memory_budget()
+    monkeypatch.setenv(resources.ENV_BUDGET, "2")
+    assert resources.memory_budget() == 2 << 20
+    assert "RETROQ_MEMORY_BUDGET_MB=2" in resources.budget_words(2 << 20)
+
+
 def test_same_file_and_inputs(tmp_path):
     a = tmp_path / "a.npz"
     a.write_bytes(b"x")

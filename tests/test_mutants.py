@@ -69,11 +69,12 @@ def test_report_keeps_logit_range(tmp_path):
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
     keras.Model(inp, keras.layers.Dense(CLASSES)(x)).save(tmp_path / "m.keras")
     rng = np.random.default_rng(0)
-    rq.SyntheticDataset.from_images(rng.normal(0, 1, (8, H, W, C)), np.arange(8) % CLASSES).save(tmp_path / "d.npz")
+    rq.SyntheticDataset(images=rng.normal(0, 1, (8, H, W, C)), labels=np.arange(8) % CLASSES,
+                        metadata={"mode": "gaussian"}).save(tmp_path / "d.npz")  # synthetic: the range is widened
     proc = _cli("convert", tmp_path / "m.keras", "-o", tmp_path / "m.tflite", "--data-file", tmp_path / "d.npz",
                 "--report", tmp_path / "r.json", "--io", "float")
     assert proc.returncode == 0, proc.stderr
-    rng_ = json.loads((tmp_path / "r.json").read_text())["logit_range"]
+    rng_ = json.loads((tmp_path / "r.json").read_text())["synthesis"]["logit_range"]
     lo_c, hi_c = rng_["calibrated"]
     lo_w, hi_w = rng_["widened"]
     assert lo_w <= lo_c < hi_c <= hi_w
@@ -157,19 +158,21 @@ def test_bn_inference_accounts_for_the_conv_bias():
 
 
 def test_output_spread_guess_takes_log_of_softmax():
-    """Mutant: the guess compares probabilities instead of log-probabilities. The logits below have
-    the typical spread (about 3) on N(0, 1) inputs and 100x more on [0, 255] pixels; compared as
-    probabilities, the saturated conventions would look most 'spread' and win."""
+    """Mutant: the guess compares probabilities instead of log-probabilities. This softmax model's logits
+    spread about 3 on [0, 255] pixels and 255x less on the other conventions, so the log-probabilities
+    single out [0, 255]; its probabilities spread about 0.4, which matches no convention."""
     keras = _keras()
     from tflite_retroq.model.input_space import guess_input_space_from_outputs
     inp = keras.Input((H, W, C))
     dense = keras.layers.Dense(CLASSES, use_bias=False)
     out = keras.layers.Softmax()(dense(keras.layers.GlobalAveragePooling2D()(inp)))
     model = keras.Model(inp, out)
-    v = 9.0 * np.array([-1.5, -0.5, 0.5, 1.5], np.float32)
-    dense.set_weights([np.tile(v, (C, 1))])
+    # a pixel mean of 127.5 per channel: the summed features are about 382; spread = 382 * a * std(v / a)
+    v = np.array([-1.5, -0.5, 0.5, 1.5], np.float32)
+    a = 3.0 / (3 * 127.5 * float(np.std(v)))
+    dense.set_weights([np.tile(a * v, (C, 1))])
     space = guess_input_space_from_outputs(model, C)
-    assert space.lo is None and np.allclose(space.offset, 0) and np.allclose(space.scale, 1), space.source
+    assert space.lo is not None and np.allclose(space.lo, 0) and np.allclose(space.hi, 255), space.source
 
 
 # ----------------------------------------------------------------------------- planning and memory

@@ -100,3 +100,24 @@ def test_readme_python_examples_run(tmp_path):
                                cwd=tmp_path, env=_env())
             assert r.returncode == 0, r.stderr
             assert "INT8" in r.stdout and "CONV_2D" in r.stdout, r.stdout
+
+
+def test_generated_blocks_match_the_results():
+    """Every number in a generated README block (demo table, CIFAR table) is what benchmarks/docs.py makes
+    from benchmarks/results/*.json today: edit a number by hand, or change a result, and this fails."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import docs
+    text = README.read_text(encoding="utf-8")
+    assert {"demo", "cifar"} <= set(docs.block_names(text)), "README lost a generated block marker"
+    assert docs.render(text) == text, "README.md is stale: run `make docs` and commit it"
+
+
+def test_generated_block_check_bites(tmp_path):
+    """The check above would see a hand-edited number (independent of what the tables hold)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import docs
+    text = README.read_text(encoding="utf-8")
+    start = text.index("<!-- begin generated: cifar -->")
+    digit = next(i for i in range(start, len(text)) if text[i].isdigit() and text[i - 1] == " ")
+    edited = text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1:]
+    assert docs.render(edited) != edited

@@ -25,7 +25,8 @@ def check_batch_size(batch_size: Optional[int]) -> Optional[int]:
     """None (dynamic batch) or a positive int; ConfigError otherwise."""
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= MAX_BATCH:
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or not 1 <= batch_size <= MAX_BATCH):
         raise ConfigError(f"batch_size={batch_size!r} must be an integer from 1 to {MAX_BATCH} (1 for "
                           "microcontrollers and NPUs) or None for a dynamic batch.")
     return int(batch_size)

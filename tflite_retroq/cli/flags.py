@@ -109,17 +109,18 @@ statistics, else N(0, 1) with a warning; the space used is printed and recorded)
   --target T[,T...]     also estimate the model on targets: ethos-u55-128, ethos-u65-256,
                         ethos-u85-256 (Arm Vela: NPU time, operator placement, SRAM, flash,
                         encoded weights), tflm (TFLite Micro runtime: tensor arena) — these need
-                        `pip install tflite_retroq[targets]` — or qualcomm-sm8650 (and the other
+                        `pip install -e '.[targets]'` — or qualcomm-sm8650 (and the other
                         SoCs LiteRT's Qualcomm plugin lists: qualcomm-sm8550, -sm8750, ...: Hexagon
                         NPU operators vs CPU, partitions, the compiler's reason for each CPU op,
-                        compiled size; needs `pip install tflite_retroq[qualcomm]`). Each target
+                        compiled size; needs `pip install -e '.[qualcomm]'`). Each target
                         reports on its own: one that fails shows its error and the others still
                         report; the command then exits with code 1
   --system-config S     Vela system config (a section of Arm/vela.ini) for the Ethos-U targets
   --memory-mode M       Vela memory mode (Arm/vela.ini) for the Ethos-U targets
 """),
 )
-_FOOT = """Errors print one line `retroq: error: ...` on stderr and exit with code 2. `inspect --target`
+_ERRORS = "Errors print one line `retroq: error: ...` on stderr and exit with code 2."
+_FOOT = _ERRORS + """ `inspect --target`
 prints every target's result and exits with code 1 when some target failed (one error line each).
 """
 USAGE = "\n".join([_HEAD, "usage:\n" + "".join(_USAGE_LINES.values()), _COMMANDS,
@@ -131,7 +132,7 @@ def verb_help(verb: str) -> str:
     if verb not in _USAGE_LINES:
         return USAGE
     return "\n".join([_HEAD, "usage:\n" + _USAGE_LINES[verb], *(t for vs, t in SECTIONS if verb in vs),
-                      "See `retroq --help` for every command.\n" + _FOOT])
+                      "See `retroq --help` for every command.\n" + (_FOOT if verb == "inspect" else _ERRORS + "\n")])
 
 
 COMMANDS = ("synthesize", "convert", "analyze", "inspect")

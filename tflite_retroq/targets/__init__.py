@@ -11,6 +11,6 @@ per-tensor, low-bit and non-uniform weights shows only on other targets. Three s
 * LiteRT's three CPU kernel paths, single-threaded latency medians.
 
 One module per target (vela, tflm, litert); `estimate` dispatches a named target.
-Vela and TFLM are optional (``pip install tflite_retroq[targets]``); a missing tool or a
+Vela and TFLM are optional (``pip install -e ".[targets]"`` in the clone); a missing tool or a
 model it rejects raises TargetError.
 """

@@ -2,7 +2,7 @@
 
 `ai-edge-litert` ships the Qualcomm compiler plugin and its `apply_plugin_main` tool; the
 HTP host libraries it links (libQnnHtp.so, libQnnSystem.so, ...) come from PyPI's
-`onnxruntime-qnn` (``pip install tflite_retroq[qualcomm]``). The plugin also links
+`onnxruntime-qnn` (``pip install -e ".[qualcomm]"`` in the clone). The plugin also links
 `libQnnLpai.so` (the low-power AI backend), which that wheel lacks and the HTP backend never
 calls: an empty stub built with the system C compiler in the run's temporary directory
 satisfies the loader. The compiler runs in a child process (it is native code that may
@@ -90,7 +90,7 @@ def _qnn_dir() -> str:
         if os.path.exists(os.path.join(d, "libQnnHtp.so")):
             return d
     raise TargetError("The Qualcomm HTP libraries are not installed; install them with "
-                      "`pip install tflite_retroq[qualcomm]` (or `pip install onnxruntime-qnn`).")
+                      "`pip install -e '.[qualcomm]'` in the tflite_retroq clone (or `pip install onnxruntime-qnn`).")
 
 
 def _tools() -> Tuple[str, str]:

@@ -13,8 +13,8 @@ def _require(module: str, package: str) -> None:
     except ModuleNotFoundError:
         found = False
     if not found:
-        raise TargetError(f"{package} is not installed; install it with `pip install tflite_retroq[targets]` "
-                          f"(or `pip install {package}`).")
+        raise TargetError(f"{package} is not installed; install it with `pip install -e '.[targets]'` in the "
+                          f"tflite_retroq clone (or `pip install {package}`).")
 
 
 def _version(package: str) -> str:

@@ -58,8 +58,8 @@ def _tflm(module: str):
     try:
         return importlib.import_module(f"tflite_micro.{module}")
     except ImportError:
-        raise ConfigError("LUT packing and the TFLite Micro runtime need the tflite-micro package: "
-                          "pip install 'tflite_retroq[targets]' (or pip install tflite-micro).") from None
+        raise ConfigError("LUT packing and the TFLite Micro runtime need the tflite-micro package: pip install "
+                          "-e '.[targets]' in the tflite_retroq clone (or pip install tflite-micro).") from None
 
 
 def _bits(distinct: int) -> int:
@@ -141,7 +141,8 @@ def _nothing_to_pack(reasons: List[str]) -> str:
                      "(use --weight-bits 4 or 6, or --nonuniform)")
     if counts["axis"]:
         parts.append(f"{counts['axis']} are quantized along an axis the DECODE kernel does not support")
-    fix = " Drop --pack lut for this model, or use --scheme per-tensor (one table per tensor)." if counts["grow"] else ""
+    fix = (" Drop --pack lut for this model, or use --scheme per-tensor (one table per tensor)."
+           if counts["grow"] else "")
     return f"LUT packing would shrink none of the {len(reasons)} weight tensors: {'; '.join(parts)}.{fix}"
 
 
