@@ -18,6 +18,8 @@ setup(
         "targets": ["ethos-u-vela", "tflite-micro"],
         # Qualcomm Hexagon (HTP) placement: the QNN host libraries LiteRT's Qualcomm compiler plugin links.
         "qualcomm": ["onnxruntime-qnn"],
+        # The peer benchmarks/low_bit.py compares against (installs beside TF 2.21 without changing it).
+        "peer": ["ai-edge-quantizer==0.10.0"],
         "dev": ["pytest", "scikit-learn", "nbclient", "nbformat", "ipykernel", "ethos-u-vela", "tflite-micro",
                 "onnxruntime-qnn"],
     },

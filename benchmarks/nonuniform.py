@@ -177,7 +177,7 @@ def run_model(key: str, data: "common.EvalData", bits_list: List[int], rows: Lis
 def _plots(key, name, fw, per_layer, bits_list) -> List[str]:
     from tflite_retroq.quant import nonuniform as nu
     from tflite_retroq.reports.plots import _plt, plot_weight_levels
-    from tflite_retroq.tflite.weight_bits import symmetric_quantize
+    from tflite_retroq.quant.uniform import symmetric_quantize
     from tflite_retroq.io_utils import write_with
     out = []
     k = min(bits_list)

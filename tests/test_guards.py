@@ -27,7 +27,8 @@ from tflite_retroq import SynthesisConfig
 from tflite_retroq.model.batchnorm import bn_layers, bn_taps, fold_batchnorm
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.inspect import inspect_model
-from tflite_retroq.tflite.weight_bits import limit_weight_bits, quantize_bias, symmetric_quantize
+from tflite_retroq.quant.uniform import quantize_bias, symmetric_quantize
+from tflite_retroq.tflite.weight_bits import limit_weight_bits
 
 from conftest import NUM_CLASSES, build_bn_model
 

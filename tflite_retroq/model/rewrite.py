@@ -9,10 +9,6 @@ what the original computes (equal in float up to rounding, checked by the tests)
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
-
-import numpy as np
-
 from tflite_retroq.errors import ModelError, one_line
 
 

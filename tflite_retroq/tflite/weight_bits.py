@@ -13,8 +13,7 @@ import numpy as np
 
 from tflite_retroq.errors import TFLiteModelError
 from tflite_retroq.tflite import model as tfm
-from tflite_retroq.quant.uniform import (fit_bias, max_scale, quantize_bias, quantize_with_scale,
-                                         symmetric_quantize)
+from tflite_retroq.quant.uniform import fit_bias, max_scale, quantize_bias, quantize_with_scale
 
 
 def requantize_op(model, calibrated, wop: tfm.WeightOp, fop: tfm.WeightOp, bits: int, per_channel: bool) -> None:

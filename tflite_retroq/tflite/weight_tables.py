@@ -22,7 +22,8 @@ import numpy as np
 from tflite_retroq.quant import nonuniform as nu
 from tflite_retroq.errors import TFLiteModelError
 from tflite_retroq.tflite import model as tfm
-from tflite_retroq.tflite.weight_bits import matched_ops, quantize_bias, symmetric_quantize
+from tflite_retroq.quant.uniform import quantize_bias, symmetric_quantize
+from tflite_retroq.tflite.weight_bits import matched_ops
 
 
 # (float weights, bits, channel axis or None) -> levels and codes; nu.quantize is the paper's method, a
