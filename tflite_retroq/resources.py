@@ -79,19 +79,22 @@ def budget_words(budget: int) -> str:
     return f"{fmt_bytes(budget)} memory budget{origin}"
 
 
-def activation_elements(model) -> int:
-    """Elements of every layer output for one image (nested models counted through their layers)."""
+def _fixed_outputs(model):
+    """(layer, node, per-image output elements) of every layer call whose output shape is fixed."""
     import keras
-    total = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
             continue
         for node in getattr(layer, "_inbound_nodes", []):
             for t in node.output_tensors:
-                shape = [d for d in tuple(t.shape)[1:]]
+                shape = tuple(t.shape)[1:]
                 if all(isinstance(d, int) for d in shape):
-                    total += int(np.prod(shape)) if shape else 1
-    return total
+                    yield layer, node, int(np.prod(shape)) if shape else 1
+
+
+def activation_elements(model) -> int:
+    """Elements of every layer output for one image (nested models counted through their layers)."""
+    return sum(out for _, _, out in _fixed_outputs(model))
 
 
 def activation_bytes_per_image(model) -> int:
@@ -105,18 +108,10 @@ def forward_flops(model) -> int:
     element (activations, pooling, BatchNorm at inference, adds). A cost model for planning
     synthesis work from the model alone (the same plan on every machine), not a profiler.
     """
-    import keras
     total = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
-            continue
-        for node in getattr(layer, "_inbound_nodes", []):
-            for t in node.output_tensors:
-                shape = tuple(t.shape)[1:]
-                if not all(isinstance(d, int) for d in shape):
-                    continue
-                out = int(np.prod(shape)) if shape else 1
-                total += out * _macs_per_output(layer, node) * 2 if _macs_per_output(layer, node) else out
+    for layer, node, out in _fixed_outputs(model):
+        macs = _macs_per_output(layer, node)
+        total += out * macs * 2 if macs else out
     return max(1, total)
 
 
