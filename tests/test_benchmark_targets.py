@@ -29,5 +29,6 @@ def test_targets_quick(tmp_path):
     assert rows["per-channel W4"]["u55_encoded_kib"] < pc["u55_encoded_kib"]
     assert rows["float"]["u55_us"] is None and rows["float"]["npu_pct"] == 0.0
     static = doc["static"]["MLPerf IC ResNet-8"]
-    assert static["dynamic"]["shape_ops"] == 3 and static["static"]["shape_ops"] == 0
+    # the default (dynamic-batch) export has constant Flatten shapes too: no SHAPE/STRIDED_SLICE/PACK either way
+    assert static["dynamic"]["shape_ops"] == 0 and static["static"]["shape_ops"] == 0
     assert static["static"]["vela_cpu_ops"] == 0

@@ -282,7 +282,7 @@ def test_convert_variant_per_tensor_w4_float_io_report(converted_variant, synthe
     assert weights and all(t["constant"] and t["distinct_values"] <= 15 for t in weights)
 
     rep = json.loads(report.read_text())
-    assert rep["config"]["quantization"] == {"scheme": "per-tensor", "weight_bits": 4, "io": "float"}
+    assert rep["config"]["quantization"] == {"scheme": "per-tensor", "weight_bits": 4, "io": "float", "rounding": "nearest", "weight_dtype": "int8"}
     assert rep["config"]["data"]["source"] == "file"
     assert rep["config"]["data"]["path"] == str(synthesized[1])
     assert rep["output_size_bytes"] == out.stat().st_size
@@ -304,7 +304,7 @@ CASES = [
      ["{o}/x.tflite"]),
     ("missing_output", ["convert", "{m}/good.keras"], "-o", []),
     ("missing_output_synth", ["synthesize", "{m}/good.keras"], "-o", []),
-    ("unknown_flag", ["convert", "{m}/good.keras", "-o", "{o}/x.tflite", "--frobnicate"], "unknown command line flag",
+    ("unknown_flag", ["convert", "{m}/good.keras", "-o", "{o}/x.tflite", "--frobnicate"], "is not a retroq flag",
      ["{o}/x.tflite"]),
     ("bad_flag_value", ["convert", "{m}/good.keras", "-o", "{o}/x.tflite", "--samples", "many"], "--samples",
      ["{o}/x.tflite"]),

@@ -94,7 +94,7 @@ def test_missing_libraries_are_a_target_error(monkeypatch, default_export):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime_qnn" else real(name, *a))
-    with pytest.raises(TargetError, match=r"tflite_retroq\[qualcomm\]"):
+    with pytest.raises(TargetError, match=r"\.\[qualcomm\]"):
         qualcomm.hexagon_estimate(default_export, SOC)
 
 

@@ -144,8 +144,10 @@ def test_naive_method_gives_the_same_numbers_and_timings_are_reported(residual_m
     cached = rq.analyze_sensitivity(residual_model, images[:8])
     naive = rq.analyze_sensitivity(residual_model, images[:8], method="naive")
     for a, b in zip(cached.layers, naive.layers):
-        assert a.kl_per_tensor == pytest.approx(b.kl_per_tensor, rel=1e-5, abs=1e-12)
-        assert a.kl_per_channel == pytest.approx(b.kl_per_channel, rel=1e-5, abs=1e-12)
+        # float32 kernels sum in another order over a full batch vs a suffix rerun: agree to 1e-4, and to
+        # 1e-9 in absolute terms for KLs at the float32 noise floor (a 1e-8 KL changes no decision)
+        assert a.kl_per_tensor == pytest.approx(b.kl_per_tensor, rel=1e-4, abs=1e-9)
+        assert a.kl_per_channel == pytest.approx(b.kl_per_channel, rel=1e-4, abs=1e-9)
     assert cached.method == "cached" and naive.method == "naive"
     assert cached.naive_seconds == pytest.approx(2 * 4 * cached.full_pass_seconds)
     assert cached.seconds > 0 and cached.speedup == pytest.approx(cached.naive_seconds / cached.seconds)

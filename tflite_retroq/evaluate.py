@@ -48,7 +48,8 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
     fixed = int(sig[0]) if sig is not None and len(sig) and int(sig[0]) > 0 else None
     if fixed is not None:  # a static-batch export takes exactly its batch: run in such batches, pad the last
         batch_size = fixed
-        it.allocate_tensors()
+        with library_quiet():  # XNNPACK announces itself where it takes the graph: here, or at the first invoke
+            it.allocate_tensors()
     current = fixed
     results = []
     for start in range(0, len(images), batch_size):
@@ -58,7 +59,8 @@ def run_tflite(model_bytes: bytes, images: np.ndarray, *, batch_size: int = 64, 
             x = np.concatenate([x, np.zeros((fixed - n,) + x.shape[1:], x.dtype)])
         if current != len(x):
             it.resize_tensor_input(inp["index"], [len(x)] + list(inp["shape"][1:]))
-            it.allocate_tensors()
+            with library_quiet():
+                it.allocate_tensors()
             current = len(x)
         if inp["dtype"] in (np.int8, np.uint8):
             s, zp = inp["quantization"]

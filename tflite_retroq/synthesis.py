@@ -81,9 +81,10 @@ def _batch_size(config: SynthesisConfig, n: int, per_image: int, budget: int, im
                 f"more than the {resources.budget_words(budget)}; lower --batch-size (at most "
                 f"{max(0, room // max(per_image, 1))} fits) or --images.")
         return bs, "user"
-    # Auto batches are planned against a fixed reference budget, not this machine's free memory, so the
+    # The working batch is planned against a fixed reference budget, not this machine's free memory, so the
     # same model gets the same batches (and images) everywhere; only a machine too small for it shrinks them.
-    fit = (min(budget, resources.REFERENCE_BUDGET) - n * image_bytes) // max(per_image, 1)
+    # The finished images count against the real budget only (they are kept whatever the batch size).
+    fit = min(budget - n * image_bytes, resources.REFERENCE_BUDGET) // max(per_image, 1)
     if fit < 1:
         raise OutOfMemoryError(
             f"one image needs about {resources.fmt_bytes(per_image)} for synthesis, more than the "
