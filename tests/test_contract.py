@@ -202,6 +202,12 @@ def files():
     np.savez(d / "own.npz", images=np.zeros((4, H, W, C), np.float32), labels=np.arange(4))
     _huge_header(d / "data.npz", d / "huge_header.npz")
     _custom_layer_model(keras, d / "custom.keras")
+    # round 4: a SavedModel directory is an input made of many files; every one of them is guarded
+    good.export(str(d / "sm"), verbose=False)
+    (d / "sm" / "assets").mkdir(exist_ok=True)
+    os.symlink(d / "sm" / "saved_model.pb", d / "sm_abs_link.tflite")  # an absolute symlink
+    os.link(d / "sm" / "saved_model.pb", d / "sm_hard.tflite")
+    os.symlink(d / "sm" / "variables", d / "sm_vars_link")
     shutil.copy(d / "good.tflite", d / "readonly_root.tflite")
     os.chmod(d / "readonly_root.tflite", 0o444)
 
@@ -317,6 +323,23 @@ CASES = [
      ["--time-budget", "0 for no limit"], ["None"], "plain"),
     ("output_read_only_as_root", ["convert", "{f}/good.keras", "-o", "{f}/readonly_root.tflite", "--data-file",
                                   "{f}/data.npz"], ["read-only"], [], "plain"),
+    # ---- round 4 (issue 28): outputs that are, or resolve into, a file of a SavedModel input
+    ("sm_output_is_saved_model_pb", ["convert", "{f}/sm", "-o", "{f}/sm/saved_model.pb"],
+     ["input model", "saved_model.pb"], [], "plain"),
+    ("sm_output_is_variables_index", ["convert", "{f}/sm", "-o", "{f}/sm/variables/variables.index"],
+     ["input model"], [], "plain"),
+    ("sm_output_is_fingerprint", ["convert", "{f}/sm", "-o", "{f}/sm/fingerprint.pb"], ["input model"], [], "plain"),
+    ("sm_report_is_saved_model_pb", ["convert", "{f}/sm", "-o", "{o}/x.tflite", "--report", "{f}/sm/saved_model.pb"],
+     ["input model"], [], "plain"),
+    ("sm_output_absolute_symlink", ["convert", "{f}/sm", "-o", "{f}/sm_abs_link.tflite"],
+     ["input model", "saved_model.pb"], [], "plain"),
+    ("sm_output_hard_link", ["convert", "{f}/sm", "-o", "{f}/sm_hard.tflite"], ["input model", "saved_model.pb"],
+     [], "plain"),
+    ("sm_output_new_file_inside", ["convert", "{f}/sm", "-o", "{f}/sm/assets/x.tflite"], ["inside", "input model"],
+     [], "plain"),
+    ("sm_output_through_dir_link", ["synthesize", "{f}/sm", "-o", "{f}/sm_vars_link/x.npz"], ["inside", "input model"],
+     [], "plain"),
+    ("sm_analyze_output_inside", ["analyze", "{f}/sm", "-o", "{f}/sm/variables"], ["input model"], [], "plain"),
     ("pack_lut_small_tensors", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file", "{f}/data.npz",
                                 "--nonuniform", "--weight-bits", "4", "--pack", "lut"], ["would grow"],
      ["few enough distinct"], "plain"),
