@@ -19,7 +19,7 @@ import numpy as np
 from tflite_retroq.config import SynthesisConfig
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import DataError, TFLiteModelError
-from tflite_retroq.evaluate import keras_outputs, run_tflite, sqnr_db
+from tflite_retroq.evaluate import reference_outputs, run_tflite, sqnr_db
 from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.model.input_space import InputSpace
 from tflite_retroq.synthesis import synthesize
@@ -125,7 +125,7 @@ def estimate_quality(quantized: bytes, reference, images: np.ndarray, *, calibra
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or len(images) == 0:
         raise DataError(f"Quality images must be a non-empty [N, H, W, C] array, got shape {images.shape}.")
-    ref = reference if isinstance(reference, np.ndarray) else keras_outputs(reference, images)
+    ref = reference_outputs(reference, images)
     out = run_tflite(quantized, images)
     agreement = float(np.mean(np.argmax(out, 1) == np.argmax(ref, 1)) * 100.0)
     tensors = tensor_errors(quantized, calibrated, images[:TABLE_IMAGES]) if calibrated is not None else ()
