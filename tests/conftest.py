@@ -14,6 +14,37 @@ import pytest  # noqa: E402
 H, W, C = 16, 16, 3
 NUM_CLASSES = 4
 
+# No test may hang the suite: every test runs under a SIGALRM bound, `@pytest.mark.timeout(S)` for its
+# own, else RETROQ_TEST_TIMEOUT seconds (default an hour, far past any test on a loaded 2-core machine).
+# An endless Python loop is interrupted; a test that waits on a child process passes its own timeout.
+DEFAULT_TEST_TIMEOUT = int(os.environ.get("RETROQ_TEST_TIMEOUT", "3600"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout(seconds): fail the test when it runs longer than `seconds`")
+
+
+@pytest.fixture(autouse=True)
+def _bounded_test(request):
+    import signal
+    import threading
+    marker = request.node.get_closest_marker("timeout")
+    seconds = int(marker.args[0]) if marker else DEFAULT_TEST_TIMEOUT
+    if seconds <= 0 or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(*_):
+        pytest.fail(f"{request.node.nodeid} ran longer than its bound of {seconds} s (a hang?)", pytrace=False)
+
+    old = signal.signal(signal.SIGALRM, _expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
 
 def _keras():
     import keras
