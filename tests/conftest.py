@@ -4,7 +4,11 @@ Every model is small (16x16x3 input, a handful of channels) so the whole suite r
 in a few minutes on two CPU cores. BatchNorm layers get explicit, non-trivial moving
 statistics and gamma/beta so folding and BN-statistics tests are not vacuous.
 """
+import contextlib
 import os
+import signal
+import threading
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,10 +28,23 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "timeout(seconds): fail the test when it runs longer than `seconds`")
 
 
+@contextlib.contextmanager
+def alarm_after(seconds: int, expired):
+    """Run the block under SIGALRM: `expired(signum, frame)` (which raises) fires after `seconds`. Nested
+    bounds keep the outer one: its remaining time is re-armed when the inner block ends."""
+    old = signal.signal(signal.SIGALRM, expired)
+    outer, t0 = signal.alarm(seconds), time.monotonic()
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        if outer:
+            signal.alarm(max(1, outer - int(time.monotonic() - t0)))
+
+
 @pytest.fixture(autouse=True)
 def _bounded_test(request):
-    import signal
-    import threading
     marker = request.node.get_closest_marker("timeout")
     seconds = int(marker.args[0]) if marker else DEFAULT_TEST_TIMEOUT
     if seconds <= 0 or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
@@ -37,13 +54,8 @@ def _bounded_test(request):
     def _expired(*_):
         pytest.fail(f"{request.node.nodeid} ran longer than its bound of {seconds} s (a hang?)", pytrace=False)
 
-    old = signal.signal(signal.SIGALRM, _expired)
-    signal.alarm(seconds)
-    try:
+    with alarm_after(seconds, _expired):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _keras():

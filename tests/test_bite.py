@@ -135,3 +135,19 @@ def test_the_suite_bound_fails_a_hanging_test(tmp_path):
                           capture_output=True, text=True, timeout=100, cwd=tmp_path)
     assert proc.returncode == 1 and "1 failed" in proc.stdout, proc.stdout[-2000:]
     assert "ran longer than its bound of 2 s" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_a_nested_bound_keeps_the_outer_one():
+    """An inner deadline (e.g. test_io_utils' FIFO guard) re-arms the test's own bound when it ends."""
+    import signal
+    from conftest import alarm_after
+
+    def _never(*_):
+        raise AssertionError("the inner bound fired")
+
+    with alarm_after(100, _never):
+        pass
+    left = signal.alarm(0)  # what the fixture armed (300 s), re-armed by alarm_after
+    signal.alarm(left)
+    assert 250 <= left <= 300
