@@ -27,9 +27,9 @@ from tflite_retroq.config import SynthesisConfig, check_count
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import ConfigError, DataError, TFLiteModelError
 from tflite_retroq.evaluate import _checked_images, _checked_reference, reference_outputs, run_tflite, sqnr_db
-from tflite_retroq.model.prepared import prepare
 from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.model.input_space import InputSpace
+from tflite_retroq.model.prepared import prepare
 from tflite_retroq.synthesis import synthesize
 from tflite_retroq.tflite import model as tfm
 
