@@ -23,10 +23,17 @@ def requantize_op(model, calibrated, wop: tfm.WeightOp, fop: tfm.WeightOp, bits:
 
     A channel whose bias would leave the converter's bias range gets a larger weight scale, as the
     converter does (quant.uniform.fit_bias), so no bias is ever clipped."""
+    q, scale, dim, b, enlarged = requantized(model, calibrated, wop, fop, bits, per_channel)
+    write_op(model, wop, q, scale, dim, b, enlarged)
+
+
+def requantized(model, calibrated, wop: tfm.WeightOp, fop: tfm.WeightOp, bits: int, per_channel: bool):
+    """(codes, scale, channel dim or None, float bias, enlarged-channel mask) of one op at `bits` bits:
+    what requantize_op writes (size planners read the codes without writing them)."""
     w, b = float_weights(calibrated, fop, wop.output_name)
     dim = channel_dim(wop.kind) if per_channel else None
     scale, enlarged = fit_bias(max_scale(w, bits, dim), b, input_scale(model, wop))
-    write_op(model, wop, quantize_with_scale(w, scale, bits, dim), scale, dim, b, enlarged)
+    return quantize_with_scale(w, scale, bits, dim), scale, dim, b, enlarged
 
 
 def channel_dim(kind: str) -> int:
