@@ -68,3 +68,71 @@ def test_parse_size_budget(text, want):
 def test_parse_size_budget_refuses(bad):
     with pytest.raises(ConfigError):
         parse_size_budget(bad)
+
+
+# ----------------------------------------------------------------------------- on a tiny model
+
+@pytest.fixture(scope="module")
+def w8(lut_model, lut_calibrated):
+    import tflite_retroq as rq
+    cal, data = lut_calibrated
+    return rq.convert(lut_model, data, calibrated=cal)
+
+
+def _read_back(data: bytes):
+    """{op index: (bits from the codes' range, weight bytes in the file, INT4?)} via the schema object API."""
+    m = tfm.read(data)
+    out = {}
+    for w in tfm.weight_ops(m):
+        t = m.subgraphs[0].tensors[w.weight]
+        q = tfm.tensor_array(m, m.subgraphs[0], w.weight).astype(np.int32)
+        bits = int(np.ceil(np.log2(np.abs(q).max() + 1))) + 1
+        out[w.index] = (bits, len(m.buffers[t.buffer].data), t.type == tfm.INT4)
+    return out
+
+
+@pytest.mark.parametrize("fraction", [0.78, 0.84, 0.9, 0.97])
+def test_written_widths_and_sizes_equal_the_plan(lut_model, lut_calibrated, w8, fraction):
+    import tflite_retroq as rq
+    cal, data = lut_calibrated
+    out, plan = rq.convert(lut_model, data, calibrated=cal, size_budget=f"{fraction}x", return_plan=True)
+    budget = int(np.floor(fraction * len(w8)))
+    assert plan.w8_bytes == len(w8) and plan.budget_bytes == budget
+    assert len(out) == plan.file_bytes <= budget
+    back = _read_back(out)
+    pd = plan.to_dict()
+    assert {l["op_index"]: l["bits"] for l in pd["layers"]} == {op: b for op, (b, _, _) in back.items()}
+    for l in pd["layers"]:
+        bits, nbytes, int4 = back[l["op_index"]]
+        assert nbytes == l["bytes"] and int4 == (bits == 4)
+        n = l["elements"]
+        assert l["bytes"] == ((n + 1) // 2 if bits == 4 else n)  # INT4: two weights a byte
+    # the plan's summed cost is the minimum over every assignment whose written file fits (brute force,
+    # files written by the passes themselves: limit_weight_bits + to_int4)
+    from tflite_retroq.tflite.int4 import to_int4
+    from tflite_retroq.tflite.weight_bits import limit_weight_bits
+    layers = pd["layers"]
+    best = None
+    for pick in itertools.product(*[[int(k) for k in l["kl_by_bits"]] for l in layers]):
+        bits = {l["op_index"]: b for l, b in zip(layers, pick) if b != 8}
+        size = len(to_int4(limit_weight_bits(w8, cal, bits), {o for o, b in bits.items() if b == 4})) if bits else len(w8)
+        cost = sum(l["kl_by_bits"][str(b)] for l, b in zip(layers, pick))
+        if size <= budget and (best is None or cost < best):
+            best = cost
+    assert plan.predicted_cost == pytest.approx(best, rel=1e-12, abs=1e-15)
+    assert 0.0 <= plan.holdout["agreement"] <= 1.0 and plan.holdout["images"] >= 16
+
+
+def test_budget_bounds(lut_model, lut_calibrated, w8):
+    import tflite_retroq as rq
+    from tflite_retroq.tflite.int4 import to_int4
+    from tflite_retroq.tflite.weight_bits import limit_weight_bits
+    cal, data = lut_calibrated
+    out, plan = rq.convert(lut_model, data, calibrated=cal, size_budget=len(w8) + 10, return_plan=True)
+    assert out == w8 and "at or above the W8 file" in plan.note
+    smallest = len(to_int4(limit_weight_bits(w8, cal, 4)))
+    with pytest.raises(ConfigError, match=f"smallest reachable file, {smallest} bytes"):
+        rq.convert(lut_model, data, calibrated=cal, size_budget=smallest - 1)
+    assert len(rq.convert(lut_model, data, calibrated=cal, size_budget=smallest)) <= smallest
+    with pytest.raises(ConfigError, match="weight_bits"):
+        rq.convert(lut_model, data, calibrated=cal, size_budget="0.7x", weight_bits=4)

@@ -331,7 +331,11 @@ def plan_budget(model, images: np.ndarray, quantized: bytes, calibrated: bytes, 
     if capacity_total < len(smallest):
         raise ConfigError(f"size budget {budget} ({capacity_total} bytes) is below the smallest reachable file, "
                           f"{len(smallest)} bytes (every layer at W4); raise it to at least {len(smallest)} bytes.")
-    capacity = capacity_total - rest
+    # Rewriting the file costs a fixed few bytes beyond the weights (96 on the test model, whatever the widths):
+    # measured on the all-W4 file, so the planned sizes are the written ones (LUT adds per-tensor DECODE ops,
+    # which the tightening below absorbs).
+    overhead = max(len(smallest) - rest - sum(l.bytes_at(w4_bits[l.op_index]) for l in layers), 0)
+    capacity = capacity_total - rest - overhead
     for _ in range(max_rounds):
         bits, g = choose(layers, capacity)
         out, twin = write_widths(quantized, calibrated, bits, storage, images, rounding, rounding_config, progress)
@@ -351,3 +355,51 @@ def holdout_check(model, twin: bytes, images: np.ndarray) -> Dict:
     out = run_tflite(twin, images)
     return {"images": int(len(images)), "agreement": float(np.mean(ref.argmax(1) == out.argmax(1))),
             "mean_kl": float(mean_kl(ref, out))}
+
+
+# ----------------------------------------------------------------------------- convert()'s branch
+
+def check_budget_options(size_budget, return_plan: bool, scheme, weight_bits: int, nonuniform: bool,
+                         weight_dtype: str, plan) -> None:
+    """convert(size_budget=...)'s clashes, refused before any expensive work."""
+    from tflite_retroq.config import Scheme
+    if size_budget is None:
+        raise ConfigError("return_plan=True returns the size budget's plan; it needs size_budget=.")
+    parse_size_budget(size_budget)
+    if weight_bits != 8:
+        raise ConfigError(f"size_budget chooses each layer's width (W8, W6 or W4); leave weight_bits at 8 "
+                          f"(got {weight_bits}).")
+    if nonuniform:
+        raise ConfigError("size_budget chooses uniform per-layer widths; drop nonuniform=True.")
+    if weight_dtype != "int8":
+        raise ConfigError("size_budget already stores its W4 layers as INT4; leave weight_dtype at 'int8'.")
+    if Scheme(scheme) == Scheme.HYBRID or plan is not None:
+        raise ConfigError("size_budget keeps one scheme for all layers; use scheme='per-channel' or 'per-tensor'.")
+
+
+def _images(model, data) -> np.ndarray:
+    from tflite_retroq.dataset import SyntheticDataset
+    if isinstance(data, SyntheticDataset):
+        return data.images
+    if isinstance(data, np.ndarray) and data.ndim == 4 and len(data):
+        return np.asarray(data, np.float32)
+    raise DataError("size_budget measures each layer's cost on images: pass a SyntheticDataset or an "
+                    "[N, H, W, C] array as data.")
+
+
+def budget_convert(model, data, quantized: bytes, calibrated: bytes, size_budget, pack, rounding: str,
+                   rounding_config, progress: bool, return_plan: bool):
+    """convert()'s size-budget branch: plan, write, check on held-out synthetic images (another seed)."""
+    from tflite_retroq.dataset import SyntheticDataset
+    from tflite_retroq.model.loading import as_model
+    from tflite_retroq.quality import holdout_images
+    model = as_model(model)
+    images = _images(model, data)
+    storage = "lut" if pack == "lut" else "int4"
+    out, twin, plan = plan_budget(model, images, quantized, calibrated, size_budget, storage, rounding=rounding,
+                                  rounding_config=rounding_config, progress=progress)
+    if return_plan:
+        ds = data if isinstance(data, SyntheticDataset) else SyntheticDataset.from_images(images)
+        plan = dataclasses.replace(plan, holdout=holdout_check(model, twin, holdout_images(model, ds)))
+        return out, plan
+    return out
