@@ -103,6 +103,7 @@ class BudgetPlan:
     granularity: int             # knapsack byte granularity (1: exact)
     holdout: Optional[Dict] = None  # agreement / KL with float on held-out synthetic images
     note: Optional[str] = None   # e.g. "the budget is above the W8 file: wrote the W8 model"
+    twin: Optional[bytes] = dataclasses.field(default=None, repr=False, compare=False)  # unpacked int8 twin (LiteRT)
 
     @property
     def bits(self) -> Dict[int, int]:
@@ -400,6 +401,47 @@ def budget_convert(model, data, quantized: bytes, calibrated: bytes, size_budget
                                   rounding_config=rounding_config, progress=progress)
     if return_plan:
         ds = data if isinstance(data, SyntheticDataset) else SyntheticDataset.from_images(images)
-        plan = dataclasses.replace(plan, holdout=holdout_check(model, twin, holdout_images(model, ds)))
+        plan = dataclasses.replace(plan, holdout=holdout_check(model, twin, holdout_images(model, ds)), twin=twin)
         return out, plan
     return out
+
+
+# ----------------------------------------------------------------------------- the size frontier
+
+def sweep(model, images: np.ndarray, quantized: bytes, calibrated: bytes, storage: str = "int4",
+          points: int = 8) -> List[Tuple[BudgetPlan, bytes, bytes]]:
+    """(plan, file, int8 twin) at `points` budgets evenly spaced from the all-W4 to the W8 file, on one
+    cost analysis; budgets that give the same widths appear once."""
+    if not isinstance(points, int) or isinstance(points, bool) or points < 2:
+        raise ConfigError(f"points={points!r} must be an integer of at least 2 (the all-W4 and the W8 file).")
+    costs = layer_costs(model, images, calibrated, quantized)
+    sizes = layer_bytes(quantized, calibrated, storage)
+    layers = layer_options(costs, sizes, quantized)
+    smallest, _ = write_widths(quantized, calibrated, {l.op_index: min(b for b, _ in l.bytes) for l in layers},
+                               storage)
+    out, seen = [], set()
+    for budget in np.linspace(len(smallest), len(quantized), points).round().astype(int):
+        f, twin, plan = plan_budget(model, images, quantized, calibrated, int(budget), storage, costs=costs)
+        if plan.widths not in seen:
+            seen.add(plan.widths)
+            out.append((plan, f, twin))
+    return out
+
+
+def frontier(model, runs: Sequence[Tuple[BudgetPlan, bytes, bytes]], holdout: np.ndarray) -> List[Dict]:
+    """One point per planned file: its size, widths and agreement with float on held-out images;
+    `pareto` marks the points no other point beats on both size and agreement."""
+    points = []
+    for plan, f, twin in runs:
+        counts: Dict[str, int] = {}
+        for _, b in plan.widths:
+            counts[f"W{b}"] = counts.get(f"W{b}", 0) + 1
+        points.append({"budget_bytes": plan.budget_bytes, "file_bytes": len(f), "widths": counts,
+                       "predicted_cost": plan.predicted_cost, **{f"holdout_{k}": v for k, v in
+                                                                 holdout_check(model, twin, holdout).items()}})
+    for p in points:
+        p["pareto"] = not any(q is not p and q["file_bytes"] <= p["file_bytes"]
+                              and q["holdout_agreement"] >= p["holdout_agreement"]
+                              and (q["file_bytes"], -q["holdout_agreement"]) != (p["file_bytes"], -p["holdout_agreement"])
+                              for q in points)
+    return sorted(points, key=lambda p: p["file_bytes"])
