@@ -137,11 +137,12 @@ def cmd_convert(args: Sequence[str]) -> int:
         kept = float_ops(tflite)
         say(f"float ops kept: {', '.join(kept)}; {FLOAT_OPS_NOTE}" if kept else "float ops kept: none (fully integer)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
-    kind = (("per-layer W8/W6/W4" + (", INT4 weights: LiteRT, not TFLite Micro" if not flag("pack") and
-                                      any(b == 4 for _, b in bplan.widths) else "")
-             if bplan is not None else f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}")
-            f"{', learned rounding' if flag('rounding') == 'learned' else ''}"
-            f"{', INT4 weights: LiteRT, not TFLite Micro' if flag('weight-dtype') == 'int4' else ''}")
+    int4 = flag("weight-dtype") == "int4" or (bplan is not None and not flag("pack")
+                                              and any(b == 4 for _, b in bplan.widths))
+    kind = (("per-layer W8/W6/W4" if bplan is not None else
+             f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}")
+            + f"{', learned rounding' if flag('rounding') == 'learned' else ''}"
+            + f"{', INT4 weights: LiteRT, not TFLite Micro' if int4 else ''}")
     scheme = qcfg.scheme.value if plan is None else f"hybrid: {len(plan.per_channel)}/{plan.num_layers} per-channel"
     say(f"wrote {output}: {len(tflite)} bytes ({scheme}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
