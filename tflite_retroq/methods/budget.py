@@ -409,12 +409,13 @@ def budget_convert(model, data, quantized: bytes, calibrated: bytes, size_budget
 # ----------------------------------------------------------------------------- the size frontier
 
 def sweep(model, images: np.ndarray, quantized: bytes, calibrated: bytes, storage: str = "int4",
-          points: int = 8) -> List[Tuple[BudgetPlan, bytes, bytes]]:
+          points: int = 8, costs: Optional[Mapping[int, Mapping[int, float]]] = None
+          ) -> List[Tuple[BudgetPlan, bytes, bytes]]:
     """(plan, file, int8 twin) at `points` budgets evenly spaced from the all-W4 to the W8 file, on one
-    cost analysis; budgets that give the same widths appear once."""
+    cost analysis (`costs`, else measured on `images`); budgets that give the same widths appear once."""
     if not isinstance(points, int) or isinstance(points, bool) or points < 2:
         raise ConfigError(f"points={points!r} must be an integer of at least 2 (the all-W4 and the W8 file).")
-    costs = layer_costs(model, images, calibrated, quantized)
+    costs = layer_costs(model, images, calibrated, quantized) if costs is None else costs
     sizes = layer_bytes(quantized, calibrated, storage)
     layers = layer_options(costs, sizes, quantized)
     smallest, _ = write_widths(quantized, calibrated, {l.op_index: min(b for b, _ in l.bytes) for l in layers},
