@@ -30,6 +30,7 @@ from benchmarks import low_bit  # its flags (zoo_dir, models, eval_images, synth
 FLAGS = flags.FLAGS
 flags.DEFINE_float("budget", 0.65, "Size budget as a fraction of the W8 file.")
 flags.DEFINE_integer("points", 8, "Budgets in the frontier sweep (all-W4 to W8).")
+flags.DEFINE_integer("holdout", 128, "Held-out synthetic images (another seed) for the synthetic agreement.")
 
 COLUMNS = ["model", "variant", "planned_on", "file_kb", "x_w8", "widths", "top1", "delta_fp32", "agreement",
            "holdout_agreement"]
@@ -80,7 +81,7 @@ def run_model(key: str) -> Dict:
         os.makedirs(FLAGS.out, exist_ok=True)
         data.save(cached)
     synth_s = time.perf_counter() - t0
-    held = holdout_images(model, data)
+    held = holdout_images(model, data, count=16 if FLAGS.quick else FLAGS.holdout)
     held_ref = keras_outputs(model, held)
     cal = rq.calibrate(model, data)
     w8 = rq.quantize_calibrated(cal)
@@ -105,7 +106,7 @@ def run_model(key: str) -> Dict:
     learned = _learned_w4(name)
     if learned is not None:
         rows.append(dict(model=name, variant="uniform W4 learned (from low_bit.json)", planned_on="-",
-                         file_kb=learned.get("int4_kb"), top1=learned["top1"], delta_fp32=learned["delta_fp32"],
+                         file_kb=learned.get("int4_kb"), x_w8=(learned.get("int4_kb") or 0) * 1024 / len(w8), top1=learned["top1"], delta_fp32=learned["delta_fp32"],
                          agreement=learned["agreement"], widths="all W4"))
     plans = {}
     for source in ("synthetic", "real"):
