@@ -136,3 +136,21 @@ def test_budget_bounds(lut_model, lut_calibrated, w8):
     assert len(rq.convert(lut_model, data, calibrated=cal, size_budget=smallest)) <= smallest
     with pytest.raises(ConfigError, match="weight_bits"):
         rq.convert(lut_model, data, calibrated=cal, size_budget="0.7x", weight_bits=4)
+
+
+def test_lut_budget_counts_packed_sizes(lut_model, lut_calibrated, w8):
+    """With pack='lut' the planned bytes of each narrow layer are its packed size, and the file fits."""
+    pytest.importorskip("tflite_micro")
+    import tflite_retroq as rq
+    from tflite_retroq.tflite.pack import lut_plan
+    cal, data = lut_calibrated
+    budget = int(0.8 * len(w8))
+    out, plan = rq.convert(lut_model, data, calibrated=cal, size_budget=budget, pack="lut", return_plan=True)
+    assert len(out) == plan.file_bytes <= budget and plan.storage == "lut"
+    packed = {c.name: c.packed_bytes for c in lut_plan(plan.twin)}  # the packer's own sizes, from the twin
+    m = tfm.read(plan.twin)
+    names = {w.index: tfm.tensor_name(m.subgraphs[0].tensors[w.weight]) for w in tfm.weight_ops(m)}
+    narrow = [l for l in plan.to_dict()["layers"] if l["bits"] < 8]
+    assert narrow
+    for l in narrow:
+        assert l["bytes"] == packed[names[l["op_index"]]]

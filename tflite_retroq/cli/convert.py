@@ -147,7 +147,7 @@ def cmd_convert(args: Sequence[str]) -> int:
     say(f"wrote {output}: {len(tflite)} bytes ({scheme}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
          + (f"; report {report_path}" if report_path else "")
-         + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if flag("pack") else ""))
+         + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if flag("pack") and plain != tflite else ""))
     if arena_note:
         say(arena_note)
     if bplan is not None:
