@@ -34,6 +34,7 @@ def test_convert_size_budget_report_and_file_agree(files):
     data = (d / "o.tflite").read_bytes()
     assert len(data) == rep["file_bytes"] <= rep["budget_bytes"] == int(np.floor(0.85 * rep["w8_bytes"]))
     assert "size budget 0.85x" in proc.stdout + proc.stderr
+    assert 0.0 <= rep["holdout"]["agreement"] <= 1.0 and rep["holdout"]["images"] >= 16  # checked on held-out images
     m = tfm.read(data)
     for layer in rep["layers"]:  # widths and bytes read back from the file
         w = next(w for w in tfm.weight_ops(m) if w.index == layer["op_index"])

@@ -79,9 +79,9 @@ def cmd_analyze(args: Sequence[str]) -> int:
 def _pareto(model, dataset, model_path: str, source, version: str):
     """The agreement vs size frontier over a sweep of budgets (methods.budget), as a JSON document."""
     from tflite_retroq.converter import calibrate, quantize_calibrated
-    from tflite_retroq.methods.budget import frontier, sweep
+    from tflite_retroq.methods.budget import sweep
     from tflite_retroq.quality import holdout_images
-    from tflite_retroq.reports.pareto import pareto_document
+    from tflite_retroq.reports.pareto import frontier, pareto_document
     calibrated = calibrate(model, dataset)
     quantized = quantize_calibrated(calibrated)
     storage = "lut" if flag("pack") == "lut" else "int4"

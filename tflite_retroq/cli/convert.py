@@ -85,7 +85,12 @@ def cmd_convert(args: Sequence[str]) -> int:
     t3 = time.perf_counter()
     from tflite_retroq.quality import estimate_quality, holdout_images
     # On the plain twin of a LUT-packed file: LiteRT cannot decode LUTs, and TFLM decodes them to the same values.
-    quality = estimate_quality(plain, model, holdout_images(model, dataset), calibrated=calibrated)
+    held = holdout_images(model, dataset)
+    quality = estimate_quality(plain, model, held, calibrated=calibrated)
+    if bplan is not None:  # the plan checked on the same held-out images
+        import dataclasses
+        from tflite_retroq.reports.pareto import holdout_check
+        bplan = dataclasses.replace(bplan, holdout=holdout_check(model, plain, held))
     seconds["quality estimate"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
 

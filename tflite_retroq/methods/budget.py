@@ -6,8 +6,8 @@ width, on the synthetic images (one cached float pass, only the layer's downstre
 three widths stacked in one batch). Each width's bytes are what the file will hold for that layer:
 INT4 storage on LiteRT (W4 half a byte per weight, W6 / W8 one byte) or, with pack='lut', TFLite
 Micro's packed size of the layer's actual codes. The choice is a multiple-choice knapsack over bytes
-saved, solved exactly by dynamic programming at one-byte granularity (coarser only past
-`MAX_DP_CELLS`, then provably within `granularity x layers` bytes of the budget's optimum). The file
+saved, solved exactly by dynamic programming at one-byte granularity (methods/knapsack.py; coarser only
+for very large models, then provably within `granularity x layers` bytes of the budget's optimum). The file
 written from the plan is measured; padding or packing overhead that pushes it over the budget
 tightens the capacity by the excess and the plan is solved again. The plan is checked on held-out
 synthetic images (another seed) against the float model.
@@ -22,10 +22,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tflite_retroq.errors import ConfigError, DataError
+from tflite_retroq.methods.knapsack import solve_knapsack
 
 WIDTHS = (8, 6, 4)
 STORAGES = ("int4", "lut")
-MAX_DP_CELLS = 40_000_000   # layers x capacity cells of the knapsack table (int8 choices: 40 MB)
 _UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000 ** 2, "mib": 1024 ** 2}
 _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(x|b|kb|kib|mb|mib)?\s*$", re.IGNORECASE)
 
@@ -122,49 +122,6 @@ class BudgetPlan:
                         "bytes_by_bits": {str(b): n for b, n in l.bytes},
                         "kl_by_bits": {str(b): c for b, c in l.cost}} for l in self.layers],
         }
-
-
-# ----------------------------------------------------------------------------- the knapsack
-
-def solve_knapsack(options: Sequence[Sequence[Tuple[int, float]]], capacity: int,
-                   max_cells: int = MAX_DP_CELLS) -> Tuple[List[int], int]:
-    """Multiple-choice knapsack: one (bytes, cost) option per group, minimal summed cost with summed
-    bytes <= capacity. Returns (chosen option index per group, granularity).
-
-    DP over bytes saved against each group's largest option, capped at what the budget needs. At
-    granularity g > 1 (only when layers x need exceeds `max_cells`) savings are rounded down and the need
-    up, so the choice always fits; it is optimal for a capacity at most g x groups bytes tighter.
-    Ties keep the earlier option (list options widest first: equal cost, more bits)."""
-    if not options:
-        return [], 1
-    base = [max(b for b, _ in opts) for opts in options]
-    need = sum(base) - int(capacity)
-    if need <= 0:
-        return [int(np.argmin([c for _, c in opts])) for opts in options], 1  # nothing binds: cheapest each
-    most = sum(base[i] - min(b for b, _ in opts) for i, opts in enumerate(options))
-    if most < need:
-        raise ConfigError(f"capacity {capacity} bytes is below the smallest reachable {sum(base) - most} bytes.")
-    g = max(1, math.ceil(len(options) * (need + 1) / max_cells))
-    cells = -(-need // g)  # ceil
-    dp = np.full(cells + 1, np.inf)
-    dp[0] = 0.0
-    choice = np.zeros((len(options), cells + 1), np.int8)
-    idx = np.arange(cells + 1)
-    for i, opts in enumerate(options):
-        cand = np.empty((len(opts), cells + 1))
-        for j, (b, c) in enumerate(opts):
-            s = (base[i] - b) // g
-            cand[j] = dp[np.maximum(idx - s, 0)] + c
-        choice[i] = np.argmin(cand, axis=0)  # first minimum: the earlier (wider) option on ties
-        dp = cand[choice[i], idx]
-    if not np.isfinite(dp[cells]):  # only at g > 1, within g x groups bytes of the smallest: all narrowest fits
-        return [int(np.argmin([b for b, _ in opts])) for opts in options], g
-    picks, s = [0] * len(options), cells
-    for i in range(len(options) - 1, -1, -1):
-        j = int(choice[i, s])
-        picks[i] = j
-        s = max(s - (base[i] - options[i][j][0]) // g, 0)
-    return picks, g
 
 
 # ----------------------------------------------------------------------------- measuring the options
@@ -347,17 +304,6 @@ def plan_budget(model, images: np.ndarray, quantized: bytes, calibrated: bytes, 
     return out, twin, plan(w4_bits, 1, len(out), len(smallest))
 
 
-def holdout_check(model, twin: bytes, images: np.ndarray) -> Dict:
-    """Agreement (top-1 match) and mean KL of the int8 twin against the float model on held-out images."""
-    from tflite_retroq.evaluate import keras_outputs, mean_kl, run_tflite
-    if images is None or len(images) == 0:
-        raise DataError("the held-out check needs at least one image.")
-    ref = keras_outputs(model, images)
-    out = run_tflite(twin, images)
-    return {"images": int(len(images)), "agreement": float(np.mean(ref.argmax(1) == out.argmax(1))),
-            "mean_kl": float(mean_kl(ref, out))}
-
-
 # ----------------------------------------------------------------------------- convert()'s branch
 
 def check_budget_options(size_budget, return_plan: bool, scheme, weight_bits: int, nonuniform: bool,
@@ -378,7 +324,7 @@ def check_budget_options(size_budget, return_plan: bool, scheme, weight_bits: in
         raise ConfigError("size_budget keeps one scheme for all layers; use scheme='per-channel' or 'per-tensor'.")
 
 
-def _images(model, data) -> np.ndarray:
+def _images(data) -> np.ndarray:
     from tflite_retroq.dataset import SyntheticDataset
     if isinstance(data, SyntheticDataset):
         return data.images
@@ -390,20 +336,13 @@ def _images(model, data) -> np.ndarray:
 
 def budget_convert(model, data, quantized: bytes, calibrated: bytes, size_budget, pack, rounding: str,
                    rounding_config, progress: bool, return_plan: bool):
-    """convert()'s size-budget branch: plan, write, check on held-out synthetic images (another seed)."""
-    from tflite_retroq.dataset import SyntheticDataset
+    """convert()'s size-budget branch: measure, plan, write (the held-out check: reports.pareto.holdout_check)."""
     from tflite_retroq.model.loading import as_model
-    from tflite_retroq.quality import holdout_images
     model = as_model(model)
-    images = _images(model, data)
     storage = "lut" if pack == "lut" else "int4"
-    out, twin, plan = plan_budget(model, images, quantized, calibrated, size_budget, storage, rounding=rounding,
-                                  rounding_config=rounding_config, progress=progress)
-    if return_plan:
-        ds = data if isinstance(data, SyntheticDataset) else SyntheticDataset.from_images(images)
-        plan = dataclasses.replace(plan, holdout=holdout_check(model, twin, holdout_images(model, ds)), twin=twin)
-        return out, plan
-    return out
+    out, twin, plan = plan_budget(model, _images(data), quantized, calibrated, size_budget, storage,
+                                  rounding=rounding, rounding_config=rounding_config, progress=progress)
+    return (out, dataclasses.replace(plan, twin=twin)) if return_plan else out
 
 
 # ----------------------------------------------------------------------------- the size frontier
@@ -427,22 +366,3 @@ def sweep(model, images: np.ndarray, quantized: bytes, calibrated: bytes, storag
             seen.add(plan.widths)
             out.append((plan, f, twin))
     return out
-
-
-def frontier(model, runs: Sequence[Tuple[BudgetPlan, bytes, bytes]], holdout: np.ndarray) -> List[Dict]:
-    """One point per planned file: its size, widths and agreement with float on held-out images;
-    `pareto` marks the points no other point beats on both size and agreement."""
-    points = []
-    for plan, f, twin in runs:
-        counts: Dict[str, int] = {}
-        for _, b in plan.widths:
-            counts[f"W{b}"] = counts.get(f"W{b}", 0) + 1
-        points.append({"budget_bytes": plan.budget_bytes, "file_bytes": len(f), "widths": counts,
-                       "predicted_cost": plan.predicted_cost, **{f"holdout_{k}": v for k, v in
-                                                                 holdout_check(model, twin, holdout).items()}})
-    for p in points:
-        p["pareto"] = not any(q is not p and q["file_bytes"] <= p["file_bytes"]
-                              and q["holdout_agreement"] >= p["holdout_agreement"]
-                              and (q["file_bytes"], -q["holdout_agreement"]) != (p["file_bytes"], -p["holdout_agreement"])
-                              for q in points)
-    return sorted(points, key=lambda p: p["file_bytes"])

@@ -1,13 +1,44 @@
-"""What `retroq analyze --pareto` writes: the agreement-with-float vs file-size frontier (JSON, Markdown, PNG)."""
+"""The size frontier: planned files checked on held-out images, and what `retroq analyze --pareto` writes
+(agreement with float vs file size as JSON, Markdown and PNG)."""
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
 
 from tflite_retroq.io_utils import atomic_path, to_json
 
 FILES = ("pareto.json", "pareto.md", "pareto.png")
+
+
+def holdout_check(model, twin: bytes, images: np.ndarray) -> Dict:
+    """Agreement (top-1 match) and mean KL of the int8 twin against the float model on held-out images."""
+    from tflite_retroq.evaluate import keras_outputs, mean_kl, run_tflite
+    ref = keras_outputs(model, images)
+    out = run_tflite(twin, images)
+    return {"images": int(len(images)), "agreement": float(np.mean(ref.argmax(1) == out.argmax(1))),
+            "mean_kl": float(mean_kl(ref, out))}
+
+
+def frontier(model, runs: Sequence[Tuple[object, bytes, bytes]], holdout: np.ndarray) -> List[Dict]:
+    """One point per planned file: its size, widths and agreement with float on held-out images;
+    `pareto` marks the points no other point beats on both size and agreement."""
+    points = []
+    for plan, f, twin in runs:
+        counts: Dict[str, int] = {}
+        for _, b in plan.widths:
+            counts[f"W{b}"] = counts.get(f"W{b}", 0) + 1
+        points.append({"budget_bytes": plan.budget_bytes, "file_bytes": len(f), "widths": counts,
+                       "predicted_cost": plan.predicted_cost, **{f"holdout_{k}": v for k, v in
+                                                                 holdout_check(model, twin, holdout).items()}})
+    for p in points:
+        p["pareto"] = not any(q is not p and q["file_bytes"] <= p["file_bytes"]
+                              and q["holdout_agreement"] >= p["holdout_agreement"]
+                              and (q["file_bytes"], -q["holdout_agreement"]) != (p["file_bytes"], -p["holdout_agreement"])
+                              for q in points)
+    return sorted(points, key=lambda p: p["file_bytes"])
 
 
 def pareto_document(points: List[Dict], *, model_path: str, storage: str, w8_bytes: int, version: str,
