@@ -153,14 +153,8 @@ def plot(models: List[Dict], path: str) -> None:
     plt.close(fig)
 
 
-def main(argv):
-    del argv
-    started = time.perf_counter()
-    rows, models = [], []
-    for key in FLAGS.models:
-        r = run_model(key)
-        rows += r["rows"]
-        models.append(r["extra"])
+def write(rows: List[Dict], models: List[Dict], started: float) -> None:
+    """All results so far (written after every model, so a run cut short keeps what it finished)."""
     os.makedirs(FLAGS.out, exist_ok=True)
     plot(models, os.path.join(FLAGS.out, "size_budget.png"))
     fr = []
@@ -174,12 +168,24 @@ def main(argv):
                           f"{common._fmt(p['agreement'])} | {common._fmt(p['holdout_agreement'])} |")
         fr.append("")
     common.write_results(FLAGS.out, "size_budget", f"Per-layer widths under a {FLAGS.budget}x flash budget", rows,
-                         COLUMNS, params={"models": ",".join(FLAGS.models), "budget": FLAGS.budget,
-                                          "points": FLAGS.points, "synth_images": FLAGS.synth_images,
-                                          "synth_iterations": FLAGS.synth_iterations,
-                                          "eval_images": FLAGS.eval_images, "quick": FLAGS.quick},
+                         COLUMNS, params={"models": ",".join(FLAGS.models), "done": ",".join(m["model"] for m in models),
+                                          "budget": FLAGS.budget, "points": FLAGS.points,
+                                          "synth_images": FLAGS.synth_images, "synth_iterations": FLAGS.synth_iterations,
+                                          "eval_images": FLAGS.eval_images, "holdout": FLAGS.holdout,
+                                          "quick": FLAGS.quick},
                          notes=__doc__.split("\n\n")[1], extra_md="\n".join(fr), started=started,
                          extra={"models": models})
+
+
+def main(argv):
+    del argv
+    started = time.perf_counter()
+    rows, models = [], []
+    for key in FLAGS.models:
+        r = run_model(key)
+        rows += r["rows"]
+        models.append(r["extra"])
+        write(rows, models, started)
 
 
 if __name__ == "__main__":
