@@ -110,7 +110,13 @@ def run_model(key: str) -> Dict:
                          agreement=learned["agreement"], widths="all W4"))
     plans = {}
     for source in ("synthetic", "real"):
-        f, twin, plan = bd.plan_budget(model, data.images, w8, cal, f"{FLAGS.budget}x", costs=costs[source])
+        try:
+            f, twin, plan = bd.plan_budget(model, data.images, w8, cal, f"{FLAGS.budget}x", costs=costs[source])
+        except rq.ConfigError as e:  # a small model whose non-weight bytes keep even all-W4 above the budget
+            rows.append(dict(model=name, variant=f"mixed at {FLAGS.budget}x: refused", planned_on=source,
+                             widths=str(e)[:160]))
+            common.log(f"  {e}")
+            continue
         plans[source] = plan.to_dict()
         rows.append(row(f"mixed at {FLAGS.budget}x", source, f, twin, _widths(plan)))
         common.log(f"  mixed ({source} costs): {len(f)} bytes, {_widths(plan)}, top1 {rows[-1]['top1']}")
