@@ -66,6 +66,10 @@ VARIANTS: List[Variant] = [
     Variant("non-uniform W4 PC", dict(scheme="per-channel", nonuniform=True, weight_bits=4)),
     Variant("non-uniform W4 PC LUT", dict(scheme="per-channel", nonuniform=True, weight_bits=4, pack="lut"),
             litert=False, twin="non-uniform W4 PC"),
+    # per-layer widths under a flash budget (methods/budget.py): W4 layers as INT4 (LiteRT; TFLM refuses INT4),
+    # or every narrow layer LUT-packed for TFLite Micro
+    Variant("size budget 0.65x", dict(scheme="per-channel", size_budget="0.65x")),
+    Variant("size budget 0.65x LUT", dict(scheme="per-channel", size_budget="0.65x", pack="lut"), litert=False),
 ]
 
 

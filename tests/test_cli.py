@@ -201,7 +201,7 @@ def test_verb_help_lists_that_verbs_flags(verb):
     assert f"retroq {verb}" in proc.stdout
     for name in ALLOWED[verb] - {"output"}:
         assert f"--{name}" in proc.stdout, f"`retroq {verb} --help` does not mention --{name}"
-    only = {"convert": ("scheme", "pack", "io", "report", "static-batch", "nonuniform"), "inspect": ("json", "target")}
+    only = {"convert": ("scheme", "io", "report", "static-batch", "nonuniform"), "inspect": ("json", "target")}  # --pack: convert, analyze --pareto
     for owner, names in only.items():
         for name in names if owner != verb else ():
             assert f"--{name}" not in proc.stdout, f"--{name} (only `retroq {owner}`) in `retroq {verb} --help`"

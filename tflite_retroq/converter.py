@@ -172,7 +172,7 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
             threshold: Optional[float] = None, max_per_channel: Optional[int] = None,
             fully_connected_per_tensor: bool = False, plan=None, allow_float_ops: bool = False,
             rounding: str = "nearest", weight_dtype: str = "int8", rounding_config=None,
-            progress: bool = False) -> bytes:
+            progress: bool = False, size_budget=None, return_plan: bool = False):
     """Keras model + calibration data -> full-integer int8 .tflite bytes.
 
     `weight_bits` 6 or 4 limits weights to +-(2^(b-1)-1) on their own scale (still int8
@@ -195,6 +195,11 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     reconstruct the float outputs on the images of `data` (methods.rounding; `rounding_config` a
     RoundingConfig; progress on stderr with `progress=True`). `weight_dtype="int4"` (needs
     weight_bits=4) stores the weights as INT4, two per byte, which LiteRT runs (tflite.int4).
+
+    `size_budget` (bytes, '64KB', '0.6x' of the W8 file): each weight layer at W8, W6 or W4, chosen on
+    `data` to minimize the summed per-layer KL under the budget (methods.budget); W4 layers stored as INT4
+    (or all narrow layers LUT-packed with pack='lut'); a budget below the all-W4 file is refused, one at or
+    above the W8 file gives the W8 model. With `return_plan`, returns (bytes, BudgetPlan).
     """
     from tflite_retroq.methods import hybrid
     from tflite_retroq.static_shape import check_calibrated_batch
@@ -208,6 +213,9 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     check_rounding(rounding, nonuniform)
     check_weight_dtype(weight_dtype, weight_bits, nonuniform, pack)
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
+    if size_budget is not None or return_plan:
+        from tflite_retroq.methods.budget import check_budget_options
+        check_budget_options(size_budget, return_plan, scheme, weight_bits, nonuniform, weight_dtype, plan)
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     hcfg = hybrid.hybrid_config(cfg.scheme, threshold, max_per_channel, fully_connected_per_tensor, plan)
     if calibrated is not None:
@@ -220,6 +228,10 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
                                     allow_float_ops=allow_float_ops)
     if hcfg is not None:
         quantized = hybrid.hybrid(model, data, quantized, calibrated, hcfg, weight_bits=cfg.weight_bits, plan=plan)
+    if size_budget is not None:
+        from tflite_retroq.methods.budget import budget_convert
+        return budget_convert(model, data, quantized, calibrated, size_budget, pack, rounding, rounding_config,
+                              progress, return_plan)
     if cfg.weight_bits != 8 and not nonuniform:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
     if rounding == "learned":

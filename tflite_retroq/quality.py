@@ -293,13 +293,15 @@ def estimate_quality(quantized: bytes, reference, images: np.ndarray, *, calibra
                            note)
 
 
-def estimate_after_conversion(quantized: bytes, model, data: SyntheticDataset, calibrated: Optional[bytes]
-                              ) -> Tuple[Optional[QualityEstimate], str]:
-    """The estimate `retroq convert` prints once the model is made: held-out images, the probes and the
-    table. A failure here (NaN images, an interpreter refusal) becomes a note, never a failed conversion."""
+def estimate_after_conversion(quantized: bytes, model, data: SyntheticDataset, calibrated: Optional[bytes],
+                              held: Optional[np.ndarray] = None) -> Tuple[Optional[QualityEstimate], str]:
+    """The estimate `retroq convert` prints once the model is made: held-out images (`held`, else made here),
+    the probes and the table. A failure here (NaN images, an interpreter refusal) becomes a note, never a
+    failed conversion."""
     from tflite_retroq.errors import RetroQError
     try:
-        return estimate_quality(quantized, model, holdout_images(model, data), calibrated=calibrated,
+        held = holdout_images(model, data) if held is None else held
+        return estimate_quality(quantized, model, held, calibrated=calibrated,
                                 probes=probe_images(model, data)), ""
     except RetroQError as e:
         return None, f"quality estimate skipped: {e}"

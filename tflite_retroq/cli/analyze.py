@@ -33,6 +33,15 @@ def cmd_analyze(args: Sequence[str]) -> int:
         raise ConfigError(f"-o {out_dir!r}: its parent directory does not exist; create it first.")
     inputs = [("input model", model_path), ("input dataset (--data-file)", data_file)]
     check_analysis_outputs(out_dir, inputs)  # before any work: no output may resolve to an input
+    if flag("pack") is not None and not flag("pareto"):
+        raise ConfigError("--pack lut sizes the --pareto frontier as TFLite Micro files; add --pareto or drop --pack.")
+    if flag("pareto"):
+        from tflite_retroq.io_utils import check_not_inputs, check_writable
+        from tflite_retroq.reports.pareto import pareto_paths
+        for p in pareto_paths(out_dir):
+            if os.path.isdir(out_dir):
+                check_writable(p)
+            check_not_inputs(p, inputs)
 
     from tflite_retroq.dataset import SyntheticDataset
     dataset = SyntheticDataset.load(data_file) if data_file is not None else None
@@ -49,8 +58,15 @@ def cmd_analyze(args: Sequence[str]) -> int:
     source = ({"source": "file", "path": data_file, "mode": dataset.mode} if data_file is not None
               else {"source": "synthesized", "mode": scfg.mode.value, "synthesis_config": scfg.to_dict()})
     doc = analysis_document(result, plan, model_path=model_path, data_source=source, version=__version__)
+    pareto = _pareto(model, dataset, model_path, source, __version__) if flag("pareto") else None
     paths = write_analysis(out_dir, result, plan, doc, title=f"Per-layer sensitivity: {os.path.basename(model_path)}",
                            inputs=inputs)
+    if pareto is not None:
+        from tflite_retroq.reports.pareto import write_pareto
+        paths += write_pareto(out_dir, pareto, f"Size frontier: {os.path.basename(model_path)}")
+        best = [p for p in pareto["points"] if p["pareto"]]
+        say("size frontier: " + "; ".join(f"{p['file_bytes']} bytes {100 * p['holdout_agreement']:.1f} %"
+                                          for p in best))
     top = sorted(result.layers, key=lambda l: -l.difference)[:3]
     say(f"analyzed {len(result.layers)} layers on {result.num_images} {result.data_source} images (W{bits}) in "
          f"{result.seconds:.1f} s ({result.speedup:.1f}x faster than 2L full passes); "
@@ -58,3 +74,18 @@ def cmd_analyze(args: Sequence[str]) -> int:
          + ", ".join(f"{l.name} ({l.difference:.3g})" for l in top) + f" (total {time.perf_counter() - t0:.1f} s)")
     say("wrote " + ", ".join(paths))
     return 0
+
+
+def _pareto(model, dataset, model_path: str, source, version: str):
+    """The agreement vs size frontier over a sweep of budgets (methods.budget), as a JSON document."""
+    from tflite_retroq.converter import calibrate, quantize_calibrated
+    from tflite_retroq.methods.budget import sweep
+    from tflite_retroq.quality import holdout_images
+    from tflite_retroq.reports.pareto import frontier, pareto_document
+    calibrated = calibrate(model, dataset)
+    quantized = quantize_calibrated(calibrated)
+    storage = "lut" if flag("pack") == "lut" else "int4"
+    held = holdout_images(model, dataset)
+    points = frontier(model, sweep(model, dataset.images, quantized, calibrated, storage), held)
+    return pareto_document(points, model_path=model_path, storage=storage, w8_bytes=len(quantized),
+                           version=version, data_source=source, holdout_images=len(held))

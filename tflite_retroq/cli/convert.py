@@ -33,6 +33,10 @@ def cmd_convert(args: Sequence[str]) -> int:
     from tflite_retroq.tflite.int4 import check_weight_dtype
     check_as_flags(check_rounding, flag("rounding"), flag("nonuniform"))  # clashes refused before TensorFlow loads
     check_as_flags(check_weight_dtype, flag("weight-dtype"), bits, flag("nonuniform"), flag("pack"))
+    budget = flag("size-budget")
+    if budget is not None:
+        from tflite_retroq.methods.budget import check_budget_options
+        check_budget_options(budget, True, qcfg.scheme, bits, flag("nonuniform"), flag("weight-dtype"), None)
     static_batch = static_batch_flag()
     scfg = synthesis_config(flag("data") or DEFAULTS.mode.value) if data_file is None else None
     spec = input_spec()
@@ -60,12 +64,21 @@ def cmd_convert(args: Sequence[str]) -> int:
         t2 = time.perf_counter()
         plan, sens = plan_for(model, dataset, hcfg, qcfg.weight_bits, progress=not flag("quiet"))
         seconds["sensitivity"] = time.perf_counter() - t2
-    tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
-                     calibrated=calibrated, batch_size=static_batch, nonuniform=flag("nonuniform"),
-                     plan=plan, rounding=flag("rounding"), weight_dtype=flag("weight-dtype"),
-                     allow_float_ops=flag("allow-float-ops"), progress=not flag("quiet"))
-    plain, arena_note = tflite, None
-    if flag("pack") == "lut":  # packed here, so the plain twin's TFLM arena can be set beside the packed one
+    bplan = None
+    if budget is not None:  # the planner writes (and LUT-packs) the file itself
+        tflite, bplan = convert(model, dataset, scheme=qcfg.scheme, io=qcfg.io, calibrated=calibrated,
+                                batch_size=static_batch, pack=flag("pack"), rounding=flag("rounding"),
+                                allow_float_ops=flag("allow-float-ops"), progress=not flag("quiet"),
+                                size_budget=budget, return_plan=True)
+    else:
+        tflite = convert(model, dataset, scheme=qcfg.scheme, weight_bits=qcfg.weight_bits, io=qcfg.io,
+                         calibrated=calibrated, batch_size=static_batch, nonuniform=flag("nonuniform"),
+                         plan=plan, rounding=flag("rounding"), weight_dtype=flag("weight-dtype"),
+                         allow_float_ops=flag("allow-float-ops"), progress=not flag("quiet"))
+    plain, arena_note = (tflite, None) if bplan is None else (bplan.twin, None)
+    if flag("pack") == "lut" and bplan is not None and plain != tflite:
+        arena_note = lut_arena_note(plain, tflite, static_batch)
+    elif flag("pack") == "lut" and bplan is None:  # packed here, so the plain twin's TFLM arena can be set beside the packed one
         from tflite_retroq.tflite.pack import pack_lut
         plain, tflite = tflite, pack_lut(tflite)
         arena_note = lut_arena_note(plain, tflite, static_batch)
@@ -73,7 +86,19 @@ def cmd_convert(args: Sequence[str]) -> int:
     t3 = time.perf_counter()
     from tflite_retroq.quality import estimate_after_conversion
     # On the plain twin of a LUT-packed file: LiteRT cannot decode LUTs, and TFLM decodes them to the same values.
-    quality, quality_note = estimate_after_conversion(plain, model, dataset, calibrated)
+    held = None
+    if bplan is not None:  # the plan is checked on the quality estimate's own held-out images
+        from tflite_retroq.errors import RetroQError
+        from tflite_retroq.quality import holdout_images
+        try:
+            held = holdout_images(model, dataset)
+        except RetroQError:
+            held = None
+    quality, quality_note = estimate_after_conversion(plain, model, dataset, calibrated, held=held)
+    if bplan is not None and held is not None:
+        import dataclasses
+        from tflite_retroq.reports.pareto import holdout_check
+        bplan = dataclasses.replace(bplan, holdout=holdout_check(model, plain, held))
     seconds["quality estimate"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
 
@@ -98,7 +123,8 @@ def cmd_convert(args: Sequence[str]) -> int:
                               **({"allow_float_ops": True} if flag("allow-float-ops") else {})),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
             inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens),
-            quality=quality.to_dict() if quality is not None else {"note": quality_note}))
+            quality=quality.to_dict() if quality is not None else {"note": quality_note},
+            **({"size_budget": bplan.to_dict()} if bplan is not None else {})))
         # Both files are fully written to temporaries before either is renamed into place.
         with atomic_path(output) as tmp_out, atomic_path(report_path) as tmp_rep:
             with open(tmp_out, "wb") as f:
@@ -129,17 +155,39 @@ def cmd_convert(args: Sequence[str]) -> int:
         kept = float_ops(tflite)
         say(f"float ops kept: {', '.join(kept)}; {FLOAT_OPS_NOTE}" if kept else "float ops kept: none (fully integer)")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "total")
-    kind = (f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}"
-            f"{', learned rounding' if flag('rounding') == 'learned' else ''}"
-            f"{', INT4 weights: LiteRT, not TFLite Micro' if flag('weight-dtype') == 'int4' else ''}")
+    int4 = flag("weight-dtype") == "int4" or (bplan is not None and not flag("pack")
+                                              and any(b == 4 for _, b in bplan.widths))
+    kind = (("per-layer W8/W6/W4" if bplan is not None else
+             f"{'non-uniform ' if flag('nonuniform') else ''}W{qcfg.weight_bits}")
+            + f"{', learned rounding' if flag('rounding') == 'learned' else ''}"
+            + f"{', INT4 weights: LiteRT, not TFLite Micro' if int4 else ''}")
     scheme = qcfg.scheme.value if plan is None else f"hybrid: {len(plan.per_channel)}/{plan.num_layers} per-channel"
     say(f"wrote {output}: {len(tflite)} bytes ({scheme}, {kind}, {qcfg.io.value} I/O, "
          f"{len(dataset)} calibration images {dataset.mode}) in {seconds['total']:.1f} s ({timing})"
          + (f"; report {report_path}" if report_path else "")
-         + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if flag("pack") else ""))
+         + ("; LUT-packed weight tables: runs on TFLite Micro only, not on LiteRT" if flag("pack") and plain != tflite else ""))
     if arena_note:
         say(arena_note)
+    if bplan is not None:
+        say(budget_line(bplan))
+        if bplan.note:
+            import warnings
+            warnings.warn(bplan.note)
     return 0
+
+
+def budget_line(plan) -> str:
+    """One line: the budget, the file, the widths chosen and the held-out check."""
+    counts = {}
+    for _, b in plan.widths:
+        counts[b] = counts.get(b, 0) + 1
+    widths = ", ".join(f"{n} x W{b}" for b, n in sorted(counts.items(), reverse=True))
+    h = plan.holdout or {}
+    held = (f"; held-out synthetic images: {100 * h['agreement']:.1f} % agreement with float over {h['images']}, "
+            f"mean KL {h['mean_kl']:.3g}" if h else "")
+    floor = f", all-W4 {plan.min_bytes}" if plan.min_bytes >= 0 else ""
+    return (f"size budget {plan.budget}: {plan.file_bytes} of {plan.budget_bytes} bytes (W8 {plan.w8_bytes}{floor}); "
+            f"layers {widths}{held}")
 
 
 def lut_arena_note(plain: bytes, packed: bytes, static_batch) -> str:

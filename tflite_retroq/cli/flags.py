@@ -27,12 +27,13 @@ _USAGE_LINES = {
                     [--images N | --samples N] [--batch-size N] [--iterations N] [--seed S]
                     [--scheme per-channel|per-tensor|hybrid|mixed-channel [--threshold TH] [--max-per-channel N]
                     [--fc-per-tensor]] [--weight-bits 8|6|4] [--nonuniform] [--pack lut]
-                    [--rounding learned] [--weight-dtype int4]
+                    [--rounding learned] [--weight-dtype int4] [--size-budget SIZE]
                     [--io int8|uint8|float] [--report REPORT.json] [--static-batch N] [input flags] [--quiet]
                     [--allow-float-ops]
 """,
     "analyze": """  retroq analyze    MODEL.keras -o DIR [--data-file DATA.npz | --data MODE] [--weight-bits 8|6|4]
-                    [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [synthesis and input flags]
+                    [--threshold TH] [--max-per-channel N] [--fc-per-tensor] [--pareto [--pack lut]]
+                    [synthesis and input flags]
 """,
     "inspect": """  retroq inspect    MODEL.tflite [--json] [--target T[,T...]] [--system-config S] [--memory-mode M]
 """,
@@ -90,6 +91,10 @@ warning), else refused: pass one of these; the space used is printed and recorde
                         calibration images (4-bit weights keep float accuracy; minutes)
   --weight-dtype T      int8 (default) or int4: store 4-bit weights two per byte (needs
                         --weight-bits 4; runs on LiteRT, about half the file)
+  --size-budget SIZE    file-size budget: bytes (65536, 64KB = 64000, 64KiB = 65536, 0.5MB) or a
+                        fraction of the W8 file (0.6x); each layer gets W8, W6 or W4, chosen on the
+                        synthetic images to lose least under the budget; W4 stored as INT4 (LiteRT),
+                        or with --pack lut as TFLite Micro tables. Below the all-W4 file: refused
   --io T                int8 (default), uint8 (TFLite's inference_input_type=uint8: the int8 model's
                         values + 128, same scales) or float model inputs/outputs
   --report PATH         also write a JSON report (config, input space, synthesis, layers, hybrid plan)
@@ -104,6 +109,10 @@ warning), else refused: pass one of these; the space used is printed and recorde
   --data-file PATH      measure on a dataset from `retroq synthesize` (default: synthesize retro data)
   --weight-bits B       the weight grid to measure at (8, 6 or 4)
   --threshold, --max-per-channel, --fc-per-tensor: the plan shown (default Th=0)
+  --pareto              also the size frontier: per-layer widths planned (like convert --size-budget)
+                        over a sweep of budgets from the all-W4 to the W8 file, each file's agreement
+                        with float on held-out synthetic images: DIR/pareto.json, .md, .png
+                        (--pack lut: sizes as TFLite Micro packed files)
 """),
     (("inspect",), """inspect flags:
   --json                print the inspection as JSON instead of a table
@@ -160,6 +169,8 @@ flags.DEFINE_enum("pack", None, ["lut"], "convert: pack weight tables for TFLite
 flags.DEFINE_enum("rounding", "nearest", ["nearest", "learned"],
                   "convert: weight rounding, nearest or learned on the calibration images.")
 flags.DEFINE_enum("weight-dtype", "int8", ["int8", "int4"], "convert: weight storage (int4 needs --weight-bits 4).")
+flags.DEFINE_string("size-budget", None, "convert: file-size budget (65536, 64KB, 0.5MB or 0.6x of the W8 file).")
+flags.DEFINE_boolean("pareto", False, "analyze: the agreement vs file-size frontier over a sweep of budgets.")
 flags.DEFINE_enum("io", "int8", ["int8", "float", "uint8"], "convert: model input/output type.")
 flags.DEFINE_string("report", None, "convert: write a JSON report to this path.")
 flags.DEFINE_boolean("allow-float-ops", False, "convert: keep ops without int8 kernels in float.")
@@ -197,9 +208,9 @@ ALLOWED = {
     "synthesize": {"output", "mode", "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
     "convert": {"output", "data", "data-file", "scheme", "threshold", "max-per-channel", "fc-per-tensor",
                 "weight-bits", "nonuniform", "pack", "io", "report", "quiet", "static-batch", "allow-float-ops",
-                "rounding", "weight-dtype", *SYNTH_FLAGS, *INPUT_FLAGS},
+                "rounding", "weight-dtype", "size-budget", *SYNTH_FLAGS, *INPUT_FLAGS},
     "analyze": {"output", "data", "data-file", "weight-bits", "threshold", "max-per-channel", "fc-per-tensor",
-                "quiet", *SYNTH_FLAGS, *INPUT_FLAGS},
+                "quiet", "pareto", "pack", *SYNTH_FLAGS, *INPUT_FLAGS},
     "inspect": {"json", "target", "system-config", "memory-mode"},
 }
 OWN = sorted(set().union(*ALLOWED.values()))

@@ -76,8 +76,8 @@ def format_inspect(info: Dict, name_width: int = 36) -> str:
         out.append("weight layers:")
         rows = [[f"{l['op']}#{l['op_index']}", _short(l["output"], name_width), l["weight_dtype"],
                  _shape(l["weight_shape"]), l["scheme"], str(l["num_scales"]), _num(l["distinct_values"]),
-                 _num(l["weight_bits"])] for l in info["layers"]]
-        out += _table(["op", "output", "dtype", "shape", "scheme", "scales", "distinct", "bits"], rows)
+                 _num(l["weight_bits"]), _num(l.get("weight_bytes"))] for l in info["layers"]]
+        out += _table(["op", "output", "dtype", "shape", "scheme", "scales", "distinct", "bits", "bytes"], rows)
     out += _format_tables(info, name_width)
     return "\n".join(out)
 

@@ -64,6 +64,12 @@ FLOAT_OPS_NOTE = ("not fully integer: int8-only accelerators (Ethos-U via Vela, 
                   "cannot run these ops; they fall back to a CPU with float kernels")
 
 
+def _buffer_bytes(model, tensor) -> int:
+    """Bytes the tensor's data takes in the file (INT4: two weights a byte; LUT-packed: its indices)."""
+    buf = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
+    return 0 if buf is None else int(len(buf))
+
+
 def float_ops(data: bytes) -> List[str]:
     """Every op that computes in float32 (QUANTIZE / DEQUANTIZE at the borders excepted), as `KIND (output name)`."""
     model = tfm.read(bytes(data))
@@ -154,6 +160,7 @@ def inspect_model(data: bytes) -> dict:
                 "distinct_values": int(np.unique(w).size) if w is not None else None,
                 "max_abs_int": max_abs,
                 "weight_bits": _effective_bits(max_abs) if max_abs is not None else None,
+                "weight_bytes": _buffer_bytes(model, wt),
                 "bias_dtype": types.get(sg.tensors[wop.bias].type) if wop.bias >= 0 else None,
             })
     floats = float_ops(data)

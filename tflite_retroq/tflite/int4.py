@@ -11,6 +11,8 @@ Only values change their container: scales, zero points and biases are kept as t
 """
 from __future__ import annotations
 
+from typing import Collection, Optional
+
 import numpy as np
 
 from tflite_retroq.errors import TFLiteModelError
@@ -20,17 +22,27 @@ INT4_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 WEIGHT_DTYPES = ("int8", "int4")
 
 
-def to_int4(quantized: bytes) -> bytes:
-    """bytes -> bytes: every int8 weight of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED as INT4.
+def to_int4(quantized: bytes, ops: Optional[Collection[int]] = None) -> bytes:
+    """bytes -> bytes: int8 weights of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED ops as INT4.
 
-    Refuses a weight with a value outside [-8, 7] (a model that is not 4-bit) instead of clipping it.
+    `ops`: the operator indices (subgraph 0, as `inspect` lists them) to store as INT4, the others stay
+    int8 in the same file (mixed widths under a size budget); None: every such op. Refuses a weight whose
+    codes leave [-8, 7] (not 4-bit codes) instead of clipping it, and an op index that is no weight op.
     """
     model = tfm.read(quantized)
+    eligible = [w for w in tfm.weight_ops(model) if w.kind in INT4_OPS]
+    if ops is not None:
+        wanted = {int(i) for i in ops}
+        unknown = sorted(wanted - {w.index for w in eligible if w.subgraph == 0})
+        if unknown:
+            raise TFLiteModelError(f"Op indices {unknown} are not CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED "
+                                   "ops of subgraph 0; INT4 storage needs one of those.")
+        eligible = [w for w in eligible if w.subgraph == 0 and w.index in wanted]
     done = set()
-    for wop in tfm.weight_ops(model):
+    for wop in eligible:
         sg = model.subgraphs[wop.subgraph]
         t = sg.tensors[wop.weight]
-        if wop.kind not in INT4_OPS or t.type != 9 or (wop.subgraph, wop.weight) in done:
+        if t.type != 9 or (wop.subgraph, wop.weight) in done:
             continue
         q = tfm.tensor_array(model, sg, wop.weight)
         if q is None:

@@ -9,6 +9,8 @@ Tensors stay int8, so every int8 kernel and delegate runs the result.
 """
 from __future__ import annotations
 
+from typing import Mapping, Union
+
 import numpy as np
 
 from tflite_retroq.errors import TFLiteModelError
@@ -21,10 +23,17 @@ def requantize_op(model, calibrated, wop: tfm.WeightOp, fop: tfm.WeightOp, bits:
 
     A channel whose bias would leave the converter's bias range gets a larger weight scale, as the
     converter does (quant.uniform.fit_bias), so no bias is ever clipped."""
+    q, scale, dim, b, enlarged = requantized(model, calibrated, wop, fop, bits, per_channel)
+    write_op(model, wop, q, scale, dim, b, enlarged)
+
+
+def requantized(model, calibrated, wop: tfm.WeightOp, fop: tfm.WeightOp, bits: int, per_channel: bool):
+    """(codes, scale, channel dim or None, float bias, enlarged-channel mask) of one op at `bits` bits:
+    what requantize_op writes (size planners read the codes without writing them)."""
     w, b = float_weights(calibrated, fop, wop.output_name)
     dim = channel_dim(wop.kind) if per_channel else None
     scale, enlarged = fit_bias(max_scale(w, bits, dim), b, input_scale(model, wop))
-    write_op(model, wop, quantize_with_scale(w, scale, bits, dim), scale, dim, b, enlarged)
+    return quantize_with_scale(w, scale, bits, dim), scale, dim, b, enlarged
 
 
 def channel_dim(kind: str) -> int:
@@ -86,14 +95,30 @@ def matched_ops(model, calibrated):
         yield wop, fop
 
 
-def limit_weight_bits(quantized: bytes, calibrated: bytes, bits: int) -> bytes:
-    """bytes -> bytes: every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED weight at `bits` bits."""
-    if bits not in (2, 3, 4, 5, 6, 7, 8):
-        raise TFLiteModelError(f"weight bits {bits} not supported; choose between 2 and 8.")
+def limit_weight_bits(quantized: bytes, calibrated: bytes, bits: Union[int, Mapping[int, int]]) -> bytes:
+    """bytes -> bytes: CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED weights at `bits` bits.
+
+    `bits`: one width for every such op, or a mapping operator index (subgraph 0, as `inspect` lists
+    them) -> width for per-layer widths (a size budget's plan); ops absent from the mapping keep their
+    weights as they are. Each op keeps its scheme (per-channel or per-tensor).
+    """
+    per_op = dict(bits) if isinstance(bits, Mapping) else None
+    for b in (per_op.values() if per_op is not None else [bits]):
+        if isinstance(b, bool) or b not in (2, 3, 4, 5, 6, 7, 8):
+            raise TFLiteModelError(f"weight bits {b!r} not supported; choose between 2 and 8.")
     model, cal = tfm.read(quantized), tfm.read(calibrated)
-    for wop, fop in matched_ops(model, cal):
+    pairs = list(matched_ops(model, cal))
+    if per_op is not None:
+        unknown = sorted(set(per_op) - {w.index for w, _ in pairs if w.subgraph == 0})
+        if unknown:
+            raise TFLiteModelError(f"Op indices {unknown} are not weight ops of the model; per-layer widths "
+                                   "take the op indices that `inspect` lists.")
+    for wop, fop in pairs:
         wt = model.subgraphs[wop.subgraph].tensors[wop.weight]
         if wt.type != 9:  # only int8 weights are rewritten
             continue
-        requantize_op(model, cal, wop, fop, bits, per_channel=tfm.scales(wt).size > 1)
+        if per_op is not None and (wop.subgraph != 0 or wop.index not in per_op):
+            continue
+        b = per_op[wop.index] if per_op is not None else bits
+        requantize_op(model, cal, wop, fop, b, per_channel=tfm.scales(wt).size > 1)
     return tfm.write(model)
