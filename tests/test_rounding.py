@@ -130,3 +130,99 @@ def test_cli_learned_int4(bn_model, calib_data, tmp_path):
     bad = subprocess.run(retroq_command() + ["convert", str(model_path), "-o", str(tmp_path / "x.tflite"),
                                              "--weight-dtype", "int4"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "weight_bits=4" in bad.stderr and not (tmp_path / "x.tflite").exists()
+
+
+# --- Each test below pins one property that a plausible bug breaks (checked by applying the bug). ---
+
+def _fc_problem(seed=0, n=256, cin=8):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, cin)).astype(np.float32), rng
+
+
+def test_bias_shift_recovers_a_known_offset():
+    """Weights exactly on the grid, targets offset per channel by c: the returned bias is b + c (numpy truth)."""
+    from tflite_retroq.methods.reconstruct import LayerOp, optimize_layer
+    x, rng = _fc_problem(1)
+    s = np.full(4, 0.05, np.float32)
+    codes = rng.integers(-7, 8, (4, 8)).astype(np.float32)
+    w = codes * s[:, None]
+    b = rng.normal(0, 0.2, 4).astype(np.float32)
+    c = np.array([0.3, -0.2, 0.5, -0.4], np.float32)
+    y = x.astype(np.float64) @ w.T.astype(np.float64) + b + c
+    got_codes, got_bias = optimize_layer(LayerOp("FULLY_CONNECTED"), x, y.astype(np.float32), w, s, 0, 4, b, 1.0,
+                                         400, 32, 0.01, 0.02, 0)
+    assert np.array_equal(got_codes.astype(np.float32), codes)
+    assert np.allclose(got_bias, b + c, atol=0.03), (got_bias, b + c)
+
+
+def test_codes_stay_within_qmax_even_when_the_target_wants_more():
+    """A weight at +7 steps whose target sits at +8: at 4 bits the code must stay 7 (the grid is +-(2^(b-1)-1))."""
+    from tflite_retroq.methods.reconstruct import LayerOp, optimize_layer
+    x, _ = _fc_problem(2, cin=4)
+    s = np.array([0.5], np.float32)
+    w = np.array([[3.5, 0.5, -1.0, 1.5]], np.float32)          # w / s = [7, 1, -2, 3]: on the grid, 7 = qmax
+    target_w = w.copy()
+    target_w[0, 0] = 4.0                                         # 8 steps: outside the 4-bit grid
+    y = (x.astype(np.float64) @ target_w.T.astype(np.float64)).astype(np.float32)
+    codes, _ = optimize_layer(LayerOp("FULLY_CONNECTED"), x, y, w, s, None, 4, np.zeros(1, np.float32), 1.0,
+                              300, 32, 0.01, 0.05, 0)
+    assert int(np.max(np.abs(codes))) <= 7, codes
+    assert np.array_equal(codes, np.array([[7, 1, -2, 3]], np.int8))
+
+
+def test_fitting_bias_keeps_the_original_only_where_the_learned_bias_would_not_fit():
+    from tflite_retroq.methods.rounding import _fitting_bias
+    in_scale, scale = 0.01, np.array([1e-3, 1e-3, 1e-3], np.float32)
+    limit = (2 ** 31 - 1) // 2 * in_scale * 1e-3                 # largest |bias| the int32 range holds here (~1.07e4)
+    bias0 = np.array([1.0, 1.0e4, -2.0], np.float32)
+    learned = np.array([1.5, 1.2e4, -2.5], np.float32)
+    want = np.where(np.abs(learned) > limit, bias0, learned)
+    assert list(want) == [1.5, 1.0e4, -2.5]
+    assert np.array_equal(_fitting_bias(learned, bias0, in_scale, scale), want)
+
+
+def test_learned_biases_reach_the_file(w4):
+    """The pass moves some int32 bias away from nearest rounding's (the learned shift is exported)."""
+    _, variants = w4
+    for scheme, (nearest, learned, layers) in variants.items():
+        assert any(not l.kept_nearest for l in layers), scheme
+        nm, nsg, nops = _weights(nearest)
+        m, sg, ops = _weights(learned)
+        moved = sum(int(np.sum(tfm.tensor_array(m, sg, a.bias) != tfm.tensor_array(nm, nsg, b.bias)))
+                    for a, b in zip(ops, nops) if a.bias >= 0)
+        assert moved > 0, scheme
+
+
+def test_targets_are_saturated_at_the_output_range():
+    """First layer (1x1 conv, no activation) on images beyond the calibrated range: the reported nearest error
+    equals a numpy computation against float targets clipped to what the int8 output tensor can hold."""
+    import keras
+    import tflite_retroq as rq
+    from tflite_retroq.methods.rounding import RoundingConfig, learned_rounding
+    from tflite_retroq.tflite.weight_bits import limit_weight_bits
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(5, 1, name="c1")
+    out = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(conv(inp)))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(4)
+    calib = rng.standard_normal((32, 8, 8, 3)).astype(np.float32)
+    images = 3.0 * rng.standard_normal((16, 8, 8, 3)).astype(np.float32)   # beyond the calibrated ranges
+    cal = rq.calibrate(model, rq.SyntheticDataset.from_images(calib))
+    nearest = limit_weight_bits(rq.quantize_calibrated(cal, "per-channel"), cal, 4)
+    _, layers = learned_rounding(nearest, cal, images, 4, RoundingConfig(iterations=0), return_layers=True)
+    m, sg, ops = _weights(nearest)
+    first = ops[0]
+    s_in, zp_in = float(tfm.scales(sg.tensors[first.input])[0]), int(sg.tensors[first.input].quantization.zeroPoint[0])
+    xq = (np.clip(np.round(images / s_in) + zp_in, -128, 127) - zp_in) * s_in
+    codes = tfm.tensor_array(m, sg, first.weight).astype(np.float64)[:, 0, 0, :]           # [cout, cin]
+    wq = codes * tfm.scales(sg.tensors[first.weight]).astype(np.float64)[:, None]
+    k, b = (np.asarray(v, np.float64) for v in conv.get_weights())
+    out_t = sg.tensors[sg.operators[first.index].outputs[0]]
+    s_out, zp_out = float(tfm.scales(out_t)[0]), int(out_t.quantization.zeroPoint[0])
+    lo, hi = (-128 - zp_out) * s_out, (127 - zp_out) * s_out
+    y = np.clip(images.astype(np.float64) @ k[0, 0] + b, lo, hi)
+    assert np.mean(images.astype(np.float64) @ k[0, 0] + b > hi) > 0.01   # the clip matters here
+    pred = np.clip(xq @ wq.T + b, lo, hi)
+    want = float(np.mean(np.sum((pred - y) ** 2, axis=-1)))
+    assert layers[0].nearest_error == pytest.approx(want, rel=1e-3)
