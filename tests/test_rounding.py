@@ -226,3 +226,43 @@ def test_targets_are_saturated_at_the_output_range():
     pred = np.clip(xq @ wq.T + b, lo, hi)
     want = float(np.mean(np.sum((pred - y) ** 2, axis=-1)))
     assert layers[0].nearest_error == pytest.approx(want, rel=1e-3)
+
+
+def test_per_layer_bits_mapping(bn_model, calib_data):
+    """bits={op index: width}: mapped ops optimized on their own grid, absent ops byte-identical, bad plans refused."""
+    import tflite_retroq as rq
+    from tflite_retroq.methods.rounding import RoundingConfig, learned_rounding
+    from tflite_retroq.tflite.weight_bits import matched_ops, requantize_op
+    cal = rq.calibrate(bn_model, calib_data)
+    qm, cm = tfm.read(rq.quantize_calibrated(cal, "per-channel")), tfm.read(cal)
+    pairs = list(matched_ops(qm, cm))
+    plan = {pairs[0][0].index: 6, pairs[-1][0].index: 4}          # first conv W6, dense W4, depthwise left at W8
+    for wop, fop in pairs:
+        if wop.index in plan:
+            requantize_op(qm, cm, wop, fop, plan[wop.index], per_channel=True)
+    mixed = tfm.write(qm)
+    out, layers = learned_rounding(mixed, cal, calib_data.images, plan, RoundingConfig(iterations=ITERATIONS),
+                                   return_layers=True)
+    assert len(layers) == 2
+    m0, sg0, ops0 = _weights(mixed)
+    m, sg, ops = _weights(out)
+    _, csg, cops = _weights(cal)
+    for wop, before, fop in zip(ops, ops0, cops):
+        q = tfm.tensor_array(m, sg, wop.weight).astype(np.float64)
+        if wop.index not in plan:
+            assert np.array_equal(q, tfm.tensor_array(m0, sg0, before.weight))
+            assert np.array_equal(tfm.tensor_array(m, sg, wop.bias), tfm.tensor_array(m0, sg0, before.bias))
+            continue
+        qmax = 2 ** (plan[wop.index] - 1) - 1
+        w = tfm.tensor_array(cm, csg, fop.weight).astype(np.float64)
+        s = tfm.scales(sg.tensors[wop.weight]).astype(np.float64)
+        shape = [1] * w.ndim
+        shape[3 if wop.kind == "DEPTHWISE_CONV_2D" else 0] = -1
+        assert np.max(np.abs(q)) <= qmax
+        assert np.all(np.abs(q - w / s.reshape(shape)) < 1.0 + 1e-6)
+    with pytest.raises(ConfigError, match="weight-op indices"):
+        learned_rounding(mixed, cal, calib_data.images, {999: 4})
+    with pytest.raises(ConfigError, match="beyond 4 bits"):    # the depthwise op still holds 8-bit codes
+        learned_rounding(mixed, cal, calib_data.images, {pairs[1][0].index: 4})
+    with pytest.raises(ConfigError, match="not valid"):
+        learned_rounding(mixed, cal, calib_data.images, {pairs[0][0].index: 9})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -139,13 +139,15 @@ def _macs(w: np.ndarray, y: np.ndarray, kind: str) -> int:
     return positions * (per_out * (1 if kind == "DEPTHWISE_CONV_2D" else int(y.shape[-1])))
 
 
-def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bits: int,
+def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bits: Union[int, Mapping[int, int]],
                      config: Optional[RoundingConfig] = None, progress: bool = False, return_layers: bool = False):
     """bytes -> bytes: the int8 model with every weight op's rounding and bias learned on `images`.
 
     `quantized` holds the grid (scales at `bits`, e.g. from weight_bits.limit_weight_bits), `calibrated`
     the float model it was quantized from; `images` are in the model's input space (float, [N, ...]).
-    With return_layers, returns (bytes, [LayerRounding]).
+    `bits`: one width for every weight op, or {operator index in subgraph 0 of `quantized`: bits} (a
+    per-layer plan); an op absent from the mapping keeps its weights and bias as they are.
+    With return_layers, returns (bytes, [LayerRounding]) (one entry per op optimized).
     """
     config = config or RoundingConfig()
     images = np.asarray(images, np.float32)
@@ -154,10 +156,12 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
     qm, cal = tfm.read(quantized), tfm.read(calibrated)
     pairs = [(w, f) for w, f in matched_ops(qm, cal)
              if w.subgraph == 0 and qm.subgraphs[0].tensors[w.weight].type == 9]
+    widths = layer_bits(qm, [w for w, _ in pairs], bits)
+    pairs = [(w, f) for w, f in pairs if w.index in widths]
     float_out = capture(calibrated, images, sorted({_out_index(cal, f) for _, f in pairs}))
     layers: List[LayerRounding] = []
     seen = set()
-    for i, (wop, fop) in enumerate(pairs):
+    for wop, fop in pairs:
         if wop.weight in seen:
             continue
         seen.add(wop.weight)
@@ -178,8 +182,8 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
         err0 = layer_error(op, x, y, nearest * s, bias0)
         steps = config.layer_iterations(_macs(w, y, wop.kind))
         unit = float(tfm.scales(sg.tensors[_out_index(qm, wop)])[0]) if wop.bias >= 0 else 0.0
-        codes, bias = optimize_layer(op, x, y, w, scale, dim, bits, bias0, unit, steps, config.batch_size,
-                                     config.reg_weight, config.learning_rate, config.seed + i)
+        codes, bias = optimize_layer(op, x, y, w, scale, dim, widths[wop.index], bias0, unit, steps, config.batch_size,
+                                     config.reg_weight, config.learning_rate, config.seed + wop.index)
         bias = _fitting_bias(bias, bias0, input_scale(qm, wop), scale)
         err1 = layer_error(op, x, y, codes.astype(np.float32) * s, bias)
         keep = not err1 < err0
@@ -194,6 +198,33 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
                   f"{min(err0, err1):.4g}{' (kept nearest)' if keep else ''}", file=sys.stderr, flush=True)
     out = tfm.write(qm)
     return (out, layers) if return_layers else out
+
+
+def layer_bits(qm, wops: List[tfm.WeightOp], bits: Union[int, Mapping[int, int]]) -> Dict[int, int]:
+    """{op index: bits} for the ops to optimize, checked: known weight ops, widths 2..8, and codes already
+    within the width's grid (learned rounding keeps each op's scale; limit its weights first)."""
+    indices = [w.index for w in wops]
+    if isinstance(bits, Mapping):
+        unknown = sorted(set(bits) - set(indices), key=str)
+        if unknown:
+            raise ConfigError(f"rounding bits: {unknown} are not int8 weight-op indices of subgraph 0; "
+                              f"valid indices: {indices}.")
+        widths = dict(bits)
+    else:
+        widths = {i: bits for i in indices}
+    for wop in wops:
+        b = widths.get(wop.index)
+        if b is None:
+            continue
+        if not isinstance(b, (int, np.integer)) or isinstance(b, bool) or not 2 <= b <= 8:
+            raise ConfigError(f"rounding bits={b!r} for op {wop.index} is not valid; choose an integer from 2 to 8.")
+        codes = tfm.tensor_array(qm, qm.subgraphs[0], wop.weight)
+        top = int(np.max(np.abs(codes.astype(np.int32)))) if codes.size else 0
+        if top > 2 ** (int(b) - 1) - 1:
+            raise ConfigError(f"op {wop.index} ({wop.output_name.split(';')[0]}) holds weight codes up to {top}, "
+                              f"beyond {b} bits; re-quantize it at {b} bits first (tflite.weight_bits).")
+        widths[wop.index] = int(b)
+    return widths
 
 
 def _fitting_bias(bias: np.ndarray, bias0: np.ndarray, in_scale: float, scale: np.ndarray) -> np.ndarray:
