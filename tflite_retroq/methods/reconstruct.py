@@ -12,7 +12,7 @@ Weights stay on their grid: code = floor(w / s) + h with h in {0, 1}, clipped to
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -77,13 +77,15 @@ def layer_error(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.
 
 def optimize_layer(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, scale: np.ndarray, dim: Optional[int],
                    bits: int, bias: np.ndarray, bias_unit: float, iterations: int, batch_size: int, reg_weight: float,
-                   learning_rate: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+                   learning_rate: float, seed: int, chunks: int = 4,
+                   on_chunk: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(int8 codes, float bias) after `iterations` Adam steps on rounding and bias; deterministic for a seed.
 
     Rounding variables start at the fractional part (soft nearest rounding); the regularizer, off for
     the first fifth of the steps, then pushes every h to 0 or 1 with its exponent annealed from 20
     to 2; the codes are floor + (h >= 0.5). `bias_unit` (the output's quantization step) scales the
-    bias shift so one learning rate fits layers of any magnitude.
+    bias shift so one learning rate fits layers of any magnitude. The steps run in `chunks` compiled
+    loops; `on_chunk(steps_done)` is called after each (progress).
     """
     import tensorflow as tf
     qmax = float(2 ** (bits - 1) - 1)
@@ -106,7 +108,6 @@ def optimize_layer(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, sca
     def soft(vv):
         return tf.clip_by_value(tf.sigmoid(vv) * (_ZETA - _GAMMA) + _GAMMA, 0.0, 1.0)
 
-    @tf.function(reduce_retracing=True)
     def step(idx, beta, reg_on, t):
         with tf.GradientTape() as tape:
             h = soft(v)
@@ -121,17 +122,28 @@ def optimize_layer(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, sca
             mm.assign(0.9 * mm + 0.1 * g)
             rr.assign(0.999 * rr + 0.001 * tf.square(g))
             p.assign_sub(learning_rate * (mm / (1 - 0.9 ** t)) / (tf.sqrt(rr / (1 - 0.999 ** t)) + 1e-8))
-        return loss
 
+    # The whole schedule is fixed up front (mini-batches from the seed, regularizer exponent, warm-up),
+    # so a chunk of steps runs as one graph-side loop: no Python between steps.
     rng = np.random.default_rng(seed)
     n, bs = len(x), min(batch_size, len(x))
     warm = iterations // 5
-    for it in range(iterations):
-        idx = rng.choice(n, bs, replace=False).astype(np.int32)
-        frac_done = max(0.0, (it - warm) / max(1, iterations - warm))
-        beta = 20.0 + (2.0 - 20.0) * frac_done
-        step(tf.constant(idx), tf.constant(beta, tf.float32), tf.constant(0.0 if it < warm else 1.0),
-             tf.constant(float(it + 1)))
+    its = np.arange(iterations)
+    idx_all = tf.constant(np.array([rng.choice(n, bs, replace=False) for _ in its], np.int32).reshape(-1, bs))
+    done = np.maximum(0.0, (its - warm) / max(1, iterations - warm))
+    beta_all = tf.constant((20.0 + (2.0 - 20.0) * done).astype(np.float32))
+    reg_all = tf.constant((its >= warm).astype(np.float32))
+
+    @tf.function
+    def run(lo, hi):
+        for t in tf.range(lo, hi):
+            step(idx_all[t], beta_all[t], reg_all[t], tf.cast(t + 1, tf.float32))
+
+    chunk = max(1, -(-iterations // chunks))
+    for lo in range(0, iterations, chunk):
+        run(tf.constant(lo), tf.constant(min(iterations, lo + chunk)))
+        if on_chunk is not None:
+            on_chunk(min(iterations, lo + chunk))
     up = (soft(v).numpy() >= 0.5).astype(np.float32)
     codes = np.clip(floor + up, -qmax, qmax).astype(np.int8)
     return codes, (bias + u.numpy() * bias_unit).astype(np.float32)

@@ -4,10 +4,12 @@ Layer by layer in graph order, each CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTE
 model keeps its grid (its scale, per-channel or per-tensor, at the asked bits) but each weight picks
 rounding up or down, and its bias shifts, to reconstruct the float model's output of that layer
 (methods/reconstruct.py). The float side is the calibrated model (BN already folded, the exact float
-weights the converter quantized); the quantized side is the int8 model itself run on the LiteRT
-interpreter, so the reconstruction sees the activation quantization exactly as the converter applied
-it, and every later layer sees the rounding already chosen for the earlier ones. A layer whose
-learned choice does not lower its error on the images keeps round-to-nearest.
+weights the converter quantized); the quantized side is the int8 model itself, simulated in TensorFlow
+at its own scales (quant/simulate.py: each op within one quantization step of the LiteRT kernels;
+the interpreter where an op is outside the simulation), so the reconstruction sees the activation
+quantization as the converter applied it, and every later layer sees the rounding already chosen
+for the earlier ones (only ops downstream of a changed layer are recomputed). A layer whose learned
+choice does not lower its error on the images keeps round-to-nearest.
 
 The work is fixed by the model, never by the clock: `iterations` Adam steps per layer on mini-batches
 of `batch_size` images (default: from the layer's multiply-accumulates, see `layer_iterations`).
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
 from tflite_retroq.errors import ConfigError, DataError
 from tflite_retroq.methods.reconstruct import LayerOp, layer_error, optimize_layer
+from tflite_retroq.quant.simulate import Int8Graph, supported as simulate_supported
 from tflite_retroq.quant.uniform import BIAS_MAX
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.weight_bits import channel_dim, float_weights, input_scale, matched_ops, write_op
@@ -132,11 +136,30 @@ def _out_range(tensor) -> tuple:
     return (float((-128 - zp) * s[0]), float((127 - zp) * s[0]))
 
 
-def _macs(w: np.ndarray, y: np.ndarray, kind: str) -> int:
-    """Multiply-accumulates per image of an op with weight `w` and output `y` [N, ...]."""
-    positions = int(np.prod(y.shape[1:-1])) if y.ndim > 2 else 1
-    per_out = int(np.prod(w.shape[1:]))
-    return positions * (per_out * (1 if kind == "DEPTHWISE_CONV_2D" else int(y.shape[-1])))
+def _macs(model, wop: tfm.WeightOp) -> int:
+    """Multiply-accumulates per image of a weight op, from its weight and output shapes in the model."""
+    sg = model.subgraphs[wop.subgraph]
+    w, y = list(sg.tensors[wop.weight].shape), list(sg.tensors[_out_index(model, wop)].shape)
+    positions = int(np.prod(y[1:-1])) if len(y) > 2 else 1
+    return positions * int(np.prod(w[1:])) * (1 if wop.kind == "DEPTHWISE_CONV_2D" else int(y[-1]))
+
+
+class _Progress:
+    """One stderr line per layer chunk with an ETA from the work done so far (multiply-accumulates of the
+    optimization steps, error evaluations and capture), so the estimate follows the model, not a guess."""
+
+    def __init__(self, work: List[float], enabled: bool):
+        self.work, self.enabled, self.done = work, enabled, 0.0
+        self.start = time.perf_counter()
+
+    def update(self, layer: int, fraction: float, text: str) -> None:
+        if not self.enabled:
+            return
+        done = sum(self.work[:layer]) + fraction * self.work[layer]
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed * (sum(self.work) - done) / done if done > 0 else float("nan")
+        print(f"rounding {layer + 1}/{len(self.work)} {text} ({100 * done / sum(self.work):.0f}% done, "
+              f"{elapsed:.0f} s, ETA {eta:.0f} s)", file=sys.stderr, flush=True)
 
 
 def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bits: Union[int, Mapping[int, int]],
@@ -157,21 +180,25 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
     pairs = [(w, f) for w, f in matched_ops(qm, cal)
              if w.subgraph == 0 and qm.subgraphs[0].tensors[w.weight].type == 9]
     widths = layer_bits(qm, [w for w, _ in pairs], bits)
-    pairs = [(w, f) for w, f in pairs if w.index in widths]
+    seen: set = set()
+    pairs = [(w, f) for w, f in pairs if w.index in widths and not (w.weight in seen or seen.add(w.weight))]
     float_out = capture(calibrated, images, sorted({_out_index(cal, f) for _, f in pairs}))
     layers: List[LayerRounding] = []
-    seen = set()
-    for wop, fop in pairs:
-        if wop.weight in seen:
-            continue
-        seen.add(wop.weight)
+    graph = Int8Graph(qm, images) if simulate_supported(qm) else None   # else: the interpreter, per layer
+    macs = [_macs(qm, wop) for wop, _ in pairs]
+    steps_of = [config.layer_iterations(m) for m in macs]
+    # work in multiply-accumulates: forward + backward per step, plus two error passes over the images
+    work = [m * (3.0 * n * min(config.batch_size, len(images)) + 3.0 * len(images)) for m, n in zip(macs, steps_of)]
+    report = _Progress(work, progress)
+    for li, (wop, fop) in enumerate(pairs):
         sg = qm.subgraphs[0]
         w, b = float_weights(cal, fop, wop.output_name)
         wt = sg.tensors[wop.weight]
         scale = tfm.scales(wt)
         dim = channel_dim(wop.kind) if scale.size > 1 else None
         op = LayerOp.from_tflite(sg.operators[wop.index], wop.kind, _out_range(sg.tensors[_out_index(qm, wop)]))
-        x = capture(tfm.write(qm), images, [wop.input])[wop.input]
+        x = capture(tfm.write(qm), images, [wop.input])[wop.input] if graph is None else \
+            np.asarray(graph.value(wop.input))
         y = np.clip(float_out[_out_index(cal, fop)], *op.out_range)
         nearest = tfm.tensor_array(qm, sg, wop.weight).astype(np.float32)
         shape = [1] * w.ndim
@@ -180,22 +207,24 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
         s = scale.reshape(shape)
         bias0 = b if b is not None else np.zeros(int(y.shape[-1]), np.float32)
         err0 = layer_error(op, x, y, nearest * s, bias0)
-        steps = config.layer_iterations(_macs(w, y, wop.kind))
+        steps = steps_of[li]
+        name = f"{wop.kind} {wop.output_name.split(';')[0][-50:]}"  # a fused op carries every folded name
         unit = float(tfm.scales(sg.tensors[_out_index(qm, wop)])[0]) if wop.bias >= 0 else 0.0
         codes, bias = optimize_layer(op, x, y, w, scale, dim, widths[wop.index], bias0, unit, steps, config.batch_size,
-                                     config.reg_weight, config.learning_rate, config.seed + wop.index)
+                                     config.reg_weight, config.learning_rate, config.seed + wop.index,
+                                     on_chunk=lambda k: report.update(li, k / max(1, steps), f"{name}: step {k}/{steps}"))
         bias = _fitting_bias(bias, bias0, input_scale(qm, wop), scale)
         err1 = layer_error(op, x, y, codes.astype(np.float32) * s, bias)
         keep = not err1 < err0
         if keep:
             codes, bias = nearest.astype(np.int8), bias0
         write_op(qm, wop, codes, scale, dim, bias if wop.bias >= 0 else None)
+        if graph is not None:
+            graph.invalidate(wop.index)
         layers.append(LayerRounding(wop.output_name, wop.kind, codes, bias if wop.bias >= 0 else None,
                                     err0, min(err0, err1), keep, steps))
-        if progress:
-            name = wop.output_name.split(";")[0][-60:]  # fused ops carry every folded name; the first says enough
-            print(f"rounding {len(layers)}/{len(pairs)} {wop.kind} {name}: {steps} steps, error {err0:.4g} -> "
-                  f"{min(err0, err1):.4g}{' (kept nearest)' if keep else ''}", file=sys.stderr, flush=True)
+        report.update(li, 1.0, f"{name}: error {err0:.4g} -> {min(err0, err1):.4g}"
+                               f"{' (kept nearest)' if keep else ''}")
     out = tfm.write(qm)
     return (out, layers) if return_layers else out
 
