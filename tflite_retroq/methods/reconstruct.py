@@ -134,10 +134,12 @@ def optimize_layer(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, sca
     beta_all = tf.constant((20.0 + (2.0 - 20.0) * done).astype(np.float32))
     reg_all = tf.constant((its >= warm).astype(np.float32))
 
-    @tf.function
+    @tf.function(autograph=False)
     def run(lo, hi):
-        for t in tf.range(lo, hi):
+        def body(t):
             step(idx_all[t], beta_all[t], reg_all[t], tf.cast(t + 1, tf.float32))
+            return (t + 1,)
+        tf.while_loop(lambda t: t < hi, body, (lo,))
 
     chunk = max(1, -(-iterations // chunks))
     for lo in range(0, iterations, chunk):
