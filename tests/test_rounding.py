@@ -266,3 +266,41 @@ def test_per_layer_bits_mapping(bn_model, calib_data):
         learned_rounding(mixed, cal, calib_data.images, {pairs[1][0].index: 4})
     with pytest.raises(ConfigError, match="not valid"):
         learned_rounding(mixed, cal, calib_data.images, {pairs[0][0].index: 9})
+
+
+def test_block_reconstruction_keeps_the_guarantees():
+    """blocks=True on a residual model: codes within one step of w / s at 4 bits, the file holds the reported
+    codes, and the block's int8 output error (LiteRT) on the images is at most nearest rounding's."""
+    import keras
+    import tflite_retroq as rq
+    from tflite_retroq.evaluate import run_tflite
+    from tflite_retroq.methods.rounding import RoundingConfig, learned_rounding
+    from tflite_retroq.tflite.weight_bits import limit_weight_bits
+    keras.utils.set_random_seed(31)
+    inp = keras.Input((10, 10, 3))
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    b = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(a)
+    b = keras.layers.Conv2D(8, 3, padding="same")(b)
+    x = keras.layers.ReLU()(keras.layers.Add()([a, b]))
+    out = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    images = np.random.default_rng(6).standard_normal((48, 10, 10, 3)).astype(np.float32)
+    cal = rq.calibrate(model, rq.SyntheticDataset.from_images(images))
+    nearest = limit_weight_bits(rq.quantize_calibrated(cal, "per-channel"), cal, 4)
+    out_b, layers = learned_rounding(nearest, cal, images, 4, RoundingConfig(iterations=80, blocks=True),
+                                     return_layers=True)
+    assert sum(1 for l in layers if l.iterations == layers[1].iterations) >= 2   # the block's ops share one run
+    m, sg, ops = _weights(out_b)
+    cm, csg, cops = _weights(cal)
+    for wop, fop, layer in zip(ops, cops, layers):
+        q = tfm.tensor_array(m, sg, wop.weight)
+        assert np.array_equal(q, layer.codes)
+        w = tfm.tensor_array(cm, csg, fop.weight).astype(np.float64)
+        s = tfm.scales(sg.tensors[wop.weight]).astype(np.float64)
+        shape = [1] * w.ndim
+        shape[3 if wop.kind == "DEPTHWISE_CONV_2D" else 0] = -1
+        assert np.all(np.abs(q - w / s.reshape(shape)) < 1.0 + 1e-6) and np.max(np.abs(q)) <= 7
+    ref = keras.Model(inp, out)(images).numpy()
+    err = {k: float(np.mean((run_tflite(v, images, resolver="builtin") - ref) ** 2))
+           for k, v in (("nearest", nearest), ("blocks", out_b))}
+    assert err["blocks"] <= err["nearest"], err

@@ -70,3 +70,19 @@ def test_invalidate_recomputes_downstream_only(int8_bytes, calib_data):
     assert g.values[wops[-1].input] is first_in
     after = np.asarray(g.value(last))
     assert not np.array_equal(before, after)
+
+
+def test_blocks_cut_at_single_tensors(residual_int8):
+    """The residual fixture: the skip forks at the first conv's output, so the second conv and the ADD form
+    one block (two tensors alive inside it); every op lies in exactly one block, each block reads the last."""
+    from tflite_retroq.methods.blocks import cut_blocks
+    data, _ = residual_int8
+    m = tfm.read(data)
+    sg = m.subgraphs[0]
+    blocks = cut_blocks(m)
+    assert [i for b in blocks for i in range(b.first_op, b.last_op + 1)] == list(range(len(sg.operators)))
+    kinds = [[tfm.op_name(m, sg.operators[i]) for i in range(b.first_op, b.last_op + 1)] for b in blocks]
+    assert ["CONV_2D", "ADD"] in kinds
+    assert all(len(k) == 1 for k in kinds if k != ["CONV_2D", "ADD"])
+    for b, prev in zip(blocks[1:], blocks):
+        assert b.input == prev.output

@@ -41,6 +41,7 @@ class RoundingConfig:
     reg_weight: float = 0.01
     learning_rate: float = 5e-3
     seed: int = 0
+    blocks: bool = False  # residual blocks reconstructed together (methods/blocks.py); else layer by layer
 
     MAX_ITERATIONS = 1000
     MIN_ITERATIONS = 200
@@ -182,15 +183,31 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
     widths = layer_bits(qm, [w for w, _ in pairs], bits)
     seen: set = set()
     pairs = [(w, f) for w, f in pairs if w.index in widths and not (w.weight in seen or seen.add(w.weight))]
-    float_out = capture(calibrated, images, sorted({_out_index(cal, f) for _, f in pairs}))
+    simulated = simulate_supported(qm)
+    groups = _groups(qm, cal, pairs) if config.blocks and simulated else {}
+    float_out = capture(calibrated, images, sorted({_out_index(cal, f) for _, f in pairs} |
+                                                   {g[2] for g in groups.values()}))
     layers: List[LayerRounding] = []
-    graph = Int8Graph(qm, images) if simulate_supported(qm) else None   # else: the interpreter, per layer
+    graph = Int8Graph(qm, images) if simulated else None   # else: the interpreter, per layer
     macs = [_macs(qm, wop) for wop, _ in pairs]
     steps_of = [config.layer_iterations(m) for m in macs]
     # work in multiply-accumulates: forward + backward per step, plus two error passes over the images
     work = [m * (3.0 * n * min(config.batch_size, len(images)) + 3.0 * len(images)) for m, n in zip(macs, steps_of)]
     report = _Progress(work, progress)
+    handled: set = set()
     for li, (wop, fop) in enumerate(pairs):
+        if li in handled:
+            continue
+        if li in groups:
+            block, members, cal_out = groups[li]
+            handled.update(members)
+            y = np.clip(float_out[cal_out], *_out_range(qm.subgraphs[0].tensors[block.output]))
+            steps = config.layer_iterations(sum(macs[i] for i in members))
+            layers += _round_block(qm, cal, graph, block, [pairs[i] for i in members], widths, y, steps, config,
+                                   lambda f, text: report.update(members[0], f, text))
+            report.update(members[-1], 1.0, f"block of {len(members)} ops: error {layers[-1].nearest_error:.4g} -> "
+                                            f"{layers[-1].learned_error:.4g}{' (kept nearest)' if layers[-1].kept_nearest else ''}")
+            continue
         sg = qm.subgraphs[0]
         w, b = float_weights(cal, fop, wop.output_name)
         wt = sg.tensors[wop.weight]
@@ -227,6 +244,59 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
                                f"{' (kept nearest)' if keep else ''}")
     out = tfm.write(qm)
     return (out, layers) if return_layers else out
+
+
+def _groups(qm, cal, pairs) -> Dict[int, tuple]:
+    """{first pair index: (Block, pair indices, calibrated output tensor)} for the blocks (methods/blocks.py)
+    holding two or more of the ops to optimize, whose output tensor the calibrated model names too."""
+    from tflite_retroq.methods.blocks import cut_blocks
+    sg, csg = qm.subgraphs[0], cal.subgraphs[0]
+    by_name = {tfm.tensor_name(t): i for i, t in enumerate(csg.tensors)}
+    out = {}
+    for block in cut_blocks(qm):
+        members = [i for i, (w, _) in enumerate(pairs) if block.first_op <= w.index <= block.last_op]
+        cal_out = by_name.get(tfm.tensor_name(sg.tensors[block.output]))
+        if len(members) >= 2 and cal_out is not None:
+            out[members[0]] = (block, members, cal_out)
+    return out
+
+
+def _round_block(qm, cal, graph, block, pairs, widths, y, steps, config, on_progress) -> List[LayerRounding]:
+    """The block's ops learned together (methods/blocks.py); all kept at nearest unless the block's output
+    error on the images went down. Each op's entry reports the block's errors."""
+    from tflite_retroq.methods.blocks import block_error, optimize_block
+    from tflite_retroq.methods.reconstruct import Rounding
+    sg = qm.subgraphs[0]
+    x = np.asarray(graph.value(block.input))
+    err0 = block_error(np.asarray(graph.value(block.output)), y)
+    items = []
+    for wop, fop in pairs:
+        w, b = float_weights(cal, fop, wop.output_name)
+        scale = tfm.scales(sg.tensors[wop.weight])
+        dim = channel_dim(wop.kind) if scale.size > 1 else None
+        cout = int(w.shape[3 if wop.kind == "DEPTHWISE_CONV_2D" else 0])
+        bias0 = b if b is not None else np.zeros(cout, np.float32)
+        unit = float(tfm.scales(sg.tensors[_out_index(qm, wop)])[0]) if wop.bias >= 0 else 0.0
+        items.append((wop, Rounding(w, scale, dim, widths[wop.index], bias0, unit), scale, dim,
+                      tfm.tensor_array(qm, sg, wop.weight).copy(), bias0))
+    optimize_block(qm, block, x, y, [(r, wop.weight, wop.bias) for wop, r, *_ in items], steps, config.batch_size,
+                   config.reg_weight, config.learning_rate, config.seed + block.first_op,
+                   on_chunk=lambda k: on_progress(k / max(1, steps), f"block ops {block.first_op}-{block.last_op}: "
+                                                                     f"step {k}/{steps}"))
+    chosen = [(r.codes(), _fitting_bias(r.final_bias(), bias0, input_scale(qm, wop), scale))
+              for wop, r, scale, dim, _, bias0 in items]
+    for (wop, _, scale, dim, _, _), (codes, bias) in zip(items, chosen):
+        write_op(qm, wop, codes, scale, dim, bias if wop.bias >= 0 else None)
+    graph.invalidate(block.first_op)
+    err1 = block_error(np.asarray(graph.value(block.output)), y)
+    keep = not err1 < err0
+    if keep:
+        chosen = [(nearest, bias0) for *_, nearest, bias0 in items]
+        for (wop, _, scale, dim, _, _), (codes, bias) in zip(items, chosen):
+            write_op(qm, wop, codes, scale, dim, bias if wop.bias >= 0 else None)
+        graph.invalidate(block.first_op)
+    return [LayerRounding(wop.output_name, wop.kind, codes, bias if wop.bias >= 0 else None, err0, min(err0, err1),
+                          keep, steps) for (wop, *_), (codes, bias) in zip(items, chosen)]
 
 
 def layer_bits(qm, wops: List[tfm.WeightOp], bits: Union[int, Mapping[int, int]]) -> Dict[int, int]:

@@ -42,19 +42,21 @@ class Int8Graph:
     changed), so the next `value` recomputes only what depends on it.
     """
 
-    def __init__(self, model, images: np.ndarray):
+    def __init__(self, model, images: Optional[np.ndarray] = None, ste: bool = False, override: Optional[Dict] = None):
+        """`images`: the model's input values (else fill `values` yourself); `ste`: re-quantize with a
+        straight-through gradient (for optimizing through the graph); `override`: {tensor: value} for
+        constant tensors (soft weights while optimizing)."""
         import tensorflow as tf
-        self.model, self.sg = model, model.subgraphs[0]
+        self.model, self.sg, self.ste, self.override = model, model.subgraphs[0], ste, dict(override or {})
         self.producer = {int(t): i for i, op in enumerate(self.sg.operators) for t in op.outputs}
         self.values: Dict[int, "tf.Tensor"] = {}
         self.last_use = {int(t): len(self.sg.operators) for t in self.sg.outputs}
         for i, op in enumerate(self.sg.operators):
             for t in op.inputs:
                 self.last_use[int(t)] = max(self.last_use.get(int(t), -1), i)
-        inp = int(self.sg.inputs[0])
-        x = tf.constant(np.asarray(images, np.float32))
-        self.values[inp] = self._fake(x, inp) if self.sg.tensors[inp].type == _INT8 else x
-        self.input = inp
+        self.input = int(self.sg.inputs[0])
+        if images is not None:
+            self.values[self.input] = self._fake(tf.constant(np.asarray(images, np.float32)), self.input)
 
     # -- tensors --------------------------------------------------------------------------------------
     def _fake(self, x, t: int):
@@ -65,11 +67,16 @@ class Int8Graph:
             return x
         s = float(tfm.scales(tensor)[0])
         zp = int(tensor.quantization.zeroPoint[0])
-        q = tf.clip_by_value(_round_half_away(x / s) + zp, -128.0, 127.0)
-        return (q - zp) * s
+        q = (tf.clip_by_value(_round_half_away(x / s) + zp, -128.0, 127.0) - zp) * s
+        if not self.ste:
+            return q
+        inside = tf.clip_by_value(x, (-128 - zp) * s, (127 - zp) * s)   # gradient 1 within the range, 0 outside
+        return inside + tf.stop_gradient(q - inside)
 
     def const(self, t: int) -> Optional[np.ndarray]:
         """A constant tensor dequantized to float (per-channel scales along its quantized dimension)."""
+        if t in self.override:
+            return self.override[t]
         a = tfm.tensor_array(self.model, self.sg, t)
         if a is None:
             return None
@@ -112,8 +119,9 @@ class Int8Graph:
             from tflite_retroq.methods.reconstruct import LayerOp
             x = self.value(ins[0])
             w = self.const(ins[1])
-            b = self.const(ins[2]) if len(ins) > 2 and ins[2] >= 0 else np.zeros(int(w.shape[0 if kind != "DEPTHWISE_CONV_2D" else 3]), np.float32)
-            y = LayerOp.from_tflite(op, kind, (-np.inf, np.inf)).apply(x, tf.constant(w), tf.constant(b))
+            cout = int(w.shape[3 if kind == "DEPTHWISE_CONV_2D" else 0])
+            b = self.const(ins[2]) if len(ins) > 2 and ins[2] >= 0 else np.zeros(cout, np.float32)
+            y = LayerOp.from_tflite(op, kind, (-np.inf, np.inf)).apply(x, tf.convert_to_tensor(w), tf.convert_to_tensor(b))
             if kind == "FULLY_CONNECTED":
                 y = tf.reshape(y, [-1] + [int(d) for d in self.sg.tensors[out_t].shape[1:]])
             return self._fake(y, out_t)
