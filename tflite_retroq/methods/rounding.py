@@ -11,6 +11,11 @@ quantization as the converter applied it, and every later layer sees the roundin
 for the earlier ones (only ops downstream of a changed layer are recomputed). A layer whose learned
 choice does not lower its error on the images keeps round-to-nearest.
 
+Residual blocks (the ops between two single-tensor cuts of the graph) learn together against the
+float block output (BRECQ; methods/blocks.py): measured on MLPerf ResNet-8 W4 with 256 real images,
+85.35 % top-1 vs 83.97 % layer by layer, in 56 s vs 69 s (same process, loaded 2-core machine).
+A block keeps round-to-nearest for all its ops unless its output error on the images went down.
+
 The work is fixed by the model, never by the clock: `iterations` Adam steps per layer on mini-batches
 of `batch_size` images (default: from the layer's multiply-accumulates, see `layer_iterations`).
 """
@@ -41,7 +46,7 @@ class RoundingConfig:
     reg_weight: float = 0.01
     learning_rate: float = 5e-3
     seed: int = 0
-    blocks: bool = False  # residual blocks reconstructed together (methods/blocks.py); else layer by layer
+    blocks: bool = True   # residual blocks reconstructed together (methods/blocks.py); False: layer by layer
 
     MAX_ITERATIONS = 1000
     MIN_ITERATIONS = 200
