@@ -38,6 +38,8 @@ flags.DEFINE_bool("arena", True, "Measure the TFLM arena (plain vs LUT-packed W4
 flags.DEFINE_integer("synth_images", 256, "Synthetic images (retro, package defaults otherwise).")
 flags.DEFINE_integer("synth_iterations", 30, "Synthesis steps, fixed (no time budget) so a rerun is the same run.")
 flags.DEFINE_bool("quick", False, "Smoke test: tiny synthesis, 64 real images, 100 eval images, W4 only.")
+flags.DEFINE_bool("layerwise", False, "Only learned rounding layer by layer (RoundingConfig(blocks=False)), rows "
+                  "'learned-layer', beside the default block reconstruction in a merge.")
 flags.DEFINE_string("merge", None, "Comma-separated result dirs to merge into --out (no conversion).")
 flags.DEFINE_string("note", "", "Extra text for the Markdown (e.g. what a merge left out).")
 flags.DEFINE_string("out", common.DEFAULT_OUT, "Results directory.")
@@ -134,11 +136,11 @@ def run_model(key: str) -> Dict:
     ref = keras_outputs(model, x)
     fp32 = None if y is None else float(np.mean(np.argmax(ref, 1) == y) * 100)
     rows = [dict(model=name, method="float", data="-", bits=32, rounding="-", top1=fp32, agreement=100.0,
-                 size_kb=len(rq.float_tflite(model)) / 1024)]
+                 size_kb=len(rq.float_tflite(model)) / 1024)][:0 if FLAGS.layerwise else 1]   # a merge has it once
     extra: Dict = {"model": name, "command": common.command_line(), "finished": False}
     bits_list = [int(b) for b in FLAGS.weight_bits]
     learned = {int(b) for b in FLAGS.learned_bits}
-    rcfg = RoundingConfig(iterations=20) if FLAGS.quick else None
+    rcfg = RoundingConfig(iterations=20 if FLAGS.quick else None, blocks=not FLAGS.layerwise)
     for source in FLAGS.sources:
         t0 = time.perf_counter()
         cached = os.path.join(FLAGS.out, f"{key}_synthetic.npz")
@@ -156,9 +158,11 @@ def run_model(key: str) -> Dict:
         cal = rq.calibrate(model, data)
         common.log(f"{name} {source}: {len(data)} images, calibrated")
         for bits in bits_list:
-            for rounding in ("nearest", "learned") if bits in learned else ("nearest",):
+            roundings = ("nearest", "learned") if bits in learned else ("nearest",)
+            for rounding in roundings[1:] if FLAGS.layerwise else roundings:
                 t0 = time.perf_counter()
                 q = rq.convert(model, data, weight_bits=bits, calibrated=cal, rounding=rounding, rounding_config=rcfg)
+                rounding = "learned-layer" if FLAGS.layerwise else rounding
                 secs = time.perf_counter() - t0
                 m = metrics(q, x, y, ref)
                 row = dict(model=name, method="retroq", data=source, bits=bits, rounding=rounding, seconds=secs,
