@@ -310,3 +310,19 @@ def test_block_reconstruction_keeps_the_guarantees():
     err = {k: float(np.mean((run_tflite(v, images, resolver="builtin") - ref) ** 2))
            for k, v in (("nearest", nearest), ("blocks", out_b))}
     assert err["blocks"] <= err["nearest"], err
+
+
+def test_interpreter_fallback_and_progress(bn_model, calib_data, w4, monkeypatch, capfd):
+    """A model the TF simulation does not cover is captured on the LiteRT interpreter instead; the pass still
+    keeps every layer at most at nearest rounding's error, and progress=True reports an ETA per layer."""
+    from tflite_retroq.methods import rounding
+    cal, variants = w4
+    nearest = variants["per-channel"][0]
+    monkeypatch.setattr(rounding, "simulate_supported", lambda model: False)
+    capfd.readouterr()
+    out, layers = rounding.learned_rounding(nearest, cal, calib_data.images, 4, rounding.RoundingConfig(iterations=20),
+                                            progress=True, return_layers=True)
+    err = capfd.readouterr().err
+    assert len(layers) == 3 and all(l.learned_error <= l.nearest_error for l in layers)
+    assert all(f"rounding {i}/3 " in err for i in (1, 2, 3)) and "ETA" in err and "100% done" in err, err
+    _assert_exported(out, layers)
