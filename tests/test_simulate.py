@@ -86,3 +86,23 @@ def test_blocks_cut_at_single_tensors(residual_int8):
     assert all(len(k) == 1 for k in kinds if k != ["CONV_2D", "ADD"])
     for b, prev in zip(blocks[1:], blocks):
         assert b.input == prev.output
+
+
+def test_depthwise_pointwise_paired():
+    """pair_depthwise joins a DEPTHWISE_CONV_2D block with the 1x1 CONV_2D block after it, and nothing else."""
+    import keras
+    import tflite_retroq as rq
+    from tflite_retroq.methods.blocks import cut_blocks, pair_depthwise
+    keras.utils.set_random_seed(41)
+    inp = keras.Input((8, 8, 4))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(8, 1, activation="relu")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    images = np.random.default_rng(2).standard_normal((16, 8, 8, 4)).astype(np.float32)
+    m = tfm.read(rq.convert(keras.Model(inp, out), rq.SyntheticDataset.from_images(images)))
+    sg = m.subgraphs[0]
+    kinds = [[tfm.op_name(m, sg.operators[i]) for i in range(b.first_op, b.last_op + 1)]
+             for b in pair_depthwise(m, cut_blocks(m))]
+    assert ["DEPTHWISE_CONV_2D", "CONV_2D"] in kinds
+    assert sum(k.count("CONV_2D") for k in kinds) == 2 and ["CONV_2D"] in kinds   # the 3x3 conv stays alone

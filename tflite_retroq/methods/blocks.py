@@ -44,6 +44,29 @@ def cut_blocks(model) -> List[Block]:
     return blocks
 
 
+def pair_depthwise(model, blocks: List[Block]) -> List[Block]:
+    """Blocks with a depthwise+pointwise pair joined: a one-op DEPTHWISE_CONV_2D block and the next block
+    when that holds exactly one weight op, a 1x1 CONV_2D (MobileNet's separable convolution)."""
+    from tflite_retroq.tflite import model as tfm
+    sg = model.subgraphs[0]
+
+    def weight_ops(b):
+        return [i for i in range(b.first_op, b.last_op + 1) if tfm.op_name(model, sg.operators[i]) in tfm.QUANTIZABLE]
+
+    out: List[Block] = []
+    for b in blocks:
+        prev = out[-1] if out else None
+        if prev is not None and len(weight_ops(prev)) == 1 and len(weight_ops(b)) == 1:
+            dw, pw = sg.operators[weight_ops(prev)[0]], sg.operators[weight_ops(b)[0]]
+            kernel = list(sg.tensors[int(pw.inputs[1])].shape)
+            if tfm.op_name(model, dw) == "DEPTHWISE_CONV_2D" and tfm.op_name(model, pw) == "CONV_2D" \
+                    and kernel[1:3] == [1, 1]:
+                out[-1] = Block(prev.first_op, b.last_op, prev.input, b.output)
+                continue
+        out.append(b)
+    return out
+
+
 def block_error(out: np.ndarray, target: np.ndarray) -> float:
     """Mean over samples and positions of the squared error summed over channels (as layer_error)."""
     d = np.asarray(out, np.float64).reshape(-1, out.shape[-1]) - np.asarray(target, np.float64).reshape(-1, out.shape[-1])

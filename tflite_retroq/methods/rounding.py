@@ -47,6 +47,7 @@ class RoundingConfig:
     learning_rate: float = 5e-3
     seed: int = 0
     blocks: bool = True   # residual blocks reconstructed together (methods/blocks.py); False: layer by layer
+    pair_depthwise: bool = False  # with blocks: a depthwise conv and the 1x1 conv after it as one block
 
     MAX_ITERATIONS = 1000
     MIN_ITERATIONS = 200
@@ -189,7 +190,7 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
     seen: set = set()
     pairs = [(w, f) for w, f in pairs if w.index in widths and not (w.weight in seen or seen.add(w.weight))]
     simulated = simulate_supported(qm)
-    groups = _groups(qm, cal, pairs) if config.blocks and simulated else {}
+    groups = _groups(qm, cal, pairs, config.pair_depthwise) if config.blocks and simulated else {}
     float_out = capture(calibrated, images, sorted({_out_index(cal, f) for _, f in pairs} |
                                                    {g[2] for g in groups.values()}))
     layers: List[LayerRounding] = []
@@ -251,14 +252,15 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
     return (out, layers) if return_layers else out
 
 
-def _groups(qm, cal, pairs) -> Dict[int, tuple]:
+def _groups(qm, cal, pairs, pair: bool) -> Dict[int, tuple]:
     """{first pair index: (Block, pair indices, calibrated output tensor)} for the blocks (methods/blocks.py)
     holding two or more of the ops to optimize, whose output tensor the calibrated model names too."""
-    from tflite_retroq.methods.blocks import cut_blocks
+    from tflite_retroq.methods.blocks import cut_blocks, pair_depthwise
     sg, csg = qm.subgraphs[0], cal.subgraphs[0]
     by_name = {tfm.tensor_name(t): i for i, t in enumerate(csg.tensors)}
     out = {}
-    for block in cut_blocks(qm):
+    blocks = cut_blocks(qm)
+    for block in pair_depthwise(qm, blocks) if pair else blocks:
         members = [i for i, (w, _) in enumerate(pairs) if block.first_op <= w.index <= block.last_op]
         cal_out = by_name.get(tfm.tensor_name(sg.tensors[block.output]))
         if len(members) >= 2 and cal_out is not None:
