@@ -12,8 +12,8 @@ for the earlier ones (only ops downstream of a changed layer are recomputed). A 
 choice does not lower its error on the images keeps round-to-nearest.
 
 Residual blocks (the ops between two single-tensor cuts of the graph) learn together against the
-float block output (BRECQ; methods/blocks.py): measured on MLPerf ResNet-8 W4 with 256 real images,
-85.35 % top-1 vs 83.97 % layer by layer, in 56 s vs 69 s (same process, loaded 2-core machine).
+float block output (BRECQ; methods/blocks.py): on MLPerf ResNet-8 W4 more accurate and faster than
+layer by layer (rows `learned` vs `learned-layer` in benchmarks/results/low_bit.md).
 A block keeps round-to-nearest for all its ops unless its output error on the images went down.
 
 The work is fixed by the model, never by the clock: `iterations` Adam steps per layer on mini-batches
