@@ -197,6 +197,9 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
     graph = Int8Graph(qm, images) if simulated else None   # else: the interpreter, per layer
     macs = [_macs(qm, wop) for wop, _ in pairs]
     steps_of = [config.layer_iterations(m) for m in macs]
+    for _, members, _ in groups.values():   # a block's ops share one run, its steps set by the block's cost
+        for i in members:
+            steps_of[i] = config.layer_iterations(sum(macs[j] for j in members))
     # work in multiply-accumulates: forward + backward per step, plus two error passes over the images
     work = [m * (3.0 * n * min(config.batch_size, len(images)) + 3.0 * len(images)) for m, n in zip(macs, steps_of)]
     report = _Progress(work, progress)
@@ -208,7 +211,7 @@ def learned_rounding(quantized: bytes, calibrated: bytes, images: np.ndarray, bi
             block, members, cal_out = groups[li]
             handled.update(members)
             y = np.clip(float_out[cal_out], *_out_range(qm.subgraphs[0].tensors[block.output]))
-            steps = config.layer_iterations(sum(macs[i] for i in members))
+            steps = steps_of[li]
             layers += _round_block(qm, cal, graph, block, [pairs[i] for i in members], widths, y, steps, config,
                                    lambda f, text: report.update(members[0], f, text))
             report.update(members[-1], 1.0, f"block of {len(members)} ops: error {layers[-1].nearest_error:.4g} -> "
