@@ -191,8 +191,9 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
 
     `allow_float_ops=True` keeps an op TFLite cannot quantize in float instead of refusing the
     model (`tflite.inspect.float_ops` lists them); LayerNormalization is rewritten so it needs none.
-    `rounding="learned"`: each weight's rounding (up or down) and each bias learned layer by layer to
-    reconstruct the float outputs on the images of `data` (methods.rounding; `rounding_config` a
+    `rounding="learned"`: each weight's rounding (up or down) and each bias learned (layer by layer, a
+    residual block's ops together) to reconstruct the float outputs on the images of `data`
+    (methods.rounding; `rounding_config` a
     RoundingConfig; progress on stderr with `progress=True`). `weight_dtype="int4"` (needs
     weight_bits=4) stores the weights as INT4, two per byte, which LiteRT runs (tflite.int4).
 

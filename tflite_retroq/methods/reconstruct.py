@@ -12,7 +12,7 @@ Weights stay on their grid: code = floor(w / s) + h with h in {0, 1}, clipped to
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -75,63 +75,113 @@ def layer_error(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.
     return total / max(count, 1)
 
 
-def optimize_layer(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, scale: np.ndarray, dim: Optional[int],
-                   bits: int, bias: np.ndarray, bias_unit: float, iterations: int, batch_size: int, reg_weight: float,
-                   learning_rate: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(int8 codes, float bias) after `iterations` Adam steps on rounding and bias; deterministic for a seed.
+class Rounding:
+    """One weight tensor's rounding variables on its grid (AdaRound's rectified sigmoid h in [0, 1]) and its
+    bias shift: soft weights while optimizing, int8 codes after. code = floor(w / s) + h, within +-qmax."""
 
-    Rounding variables start at the fractional part (soft nearest rounding); the regularizer, off for
-    the first fifth of the steps, then pushes every h to 0 or 1 with its exponent annealed from 20
-    to 2; the codes are floor + (h >= 0.5). `bias_unit` (the output's quantization step) scales the
-    bias shift so one learning rate fits layers of any magnitude.
+    def __init__(self, w: np.ndarray, scale: np.ndarray, dim: Optional[int], bits: int, bias: np.ndarray,
+                 bias_unit: float):
+        import tensorflow as tf
+        self.qmax = float(2 ** (bits - 1) - 1)
+        shape = [1] * w.ndim
+        if dim is not None:
+            shape[dim] = -1
+        s = np.asarray(scale, np.float32).reshape(shape)
+        ratio = np.asarray(w, np.float32) / s
+        self.floor = np.floor(ratio).astype(np.float32)
+        frac = np.clip(ratio - self.floor, 1e-4, 1 - 1e-4)
+        v0 = -np.log((_ZETA - _GAMMA) / (frac - _GAMMA) - 1.0)   # h(v0) = frac: soft nearest rounding
+        self.v, self.u = tf.Variable(v0.astype(np.float32)), tf.Variable(np.zeros(bias.shape, np.float32))
+        self.params = [self.v, self.u]
+        self.bias0, self.unit = bias.astype(np.float32), np.float32(bias_unit)
+        self._floor, self._s, self._b0 = tf.constant(self.floor), tf.constant(s), tf.constant(self.bias0)
+
+    def h(self):
+        import tensorflow as tf
+        return tf.clip_by_value(tf.sigmoid(self.v) * (_ZETA - _GAMMA) + _GAMMA, 0.0, 1.0)
+
+    def weight(self):
+        import tensorflow as tf
+        return tf.clip_by_value(self._floor + self.h(), -self.qmax, self.qmax) * self._s
+
+    def bias(self):
+        return self._b0 + self.u * self.unit
+
+    def reg(self, beta):
+        import tensorflow as tf
+        return tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * self.h() - 1.0), beta))
+
+    def codes(self) -> np.ndarray:
+        up = (self.h().numpy() >= 0.5).astype(np.float32)
+        return np.clip(self.floor + up, -self.qmax, self.qmax).astype(np.int8)
+
+    def final_bias(self) -> np.ndarray:
+        return (self.bias0 + self.u.numpy() * self.unit).astype(np.float32)
+
+
+def run_adam(roundings, reconstruction: Callable, n: int, iterations: int, batch_size: int, reg_weight: float,
+             learning_rate: float, seed: int, chunks: int = 4, on_chunk: Optional[Callable[[int], None]] = None) -> None:
+    """`iterations` Adam steps on every rounding's variables against reconstruction(batch indices) plus the
+    rounding regularizer, deterministic for a seed.
+
+    The regularizer is off for the first fifth of the steps, then pushes every h to 0 or 1 with its
+    exponent annealed from 20 to 2. The whole schedule (mini-batches from the seed, exponent, warm-up)
+    is fixed up front, so a chunk of steps runs as one compiled graph-side loop with no Python between
+    steps; `on_chunk(steps_done)` is called after each of the `chunks` chunks (progress).
     """
     import tensorflow as tf
-    qmax = float(2 ** (bits - 1) - 1)
-    shape = [1] * w.ndim
-    if dim is not None:
-        shape[dim] = -1
-    s = np.asarray(scale, np.float32).reshape(shape)
-    ratio = np.asarray(w, np.float32) / s
-    floor = np.floor(ratio).astype(np.float32)
-    frac = np.clip(ratio - floor, 1e-4, 1 - 1e-4)
-    v0 = -np.log((_ZETA - _GAMMA) / (frac - _GAMMA) - 1.0)   # h(v0) = frac
-    v, u = tf.Variable(v0.astype(np.float32)), tf.Variable(np.zeros(bias.shape, np.float32))
-    params = [v, u]
+    params = [p for r in roundings for p in r.params]
     m = [tf.Variable(tf.zeros_like(p)) for p in params]
-    r = [tf.Variable(tf.zeros_like(p)) for p in params]
-    xs, ys = tf.constant(x), tf.constant(y.reshape((len(y), -1)) if op.kind == "FULLY_CONNECTED" else y)
-    floor_t, s_t, b_t = tf.constant(floor), tf.constant(s), tf.constant(bias.astype(np.float32))
-    unit = tf.constant(np.float32(bias_unit))
+    v2 = [tf.Variable(tf.zeros_like(p)) for p in params]
+    rng = np.random.default_rng(seed)
+    bs = min(batch_size, n)
+    warm = iterations // 5
+    its = np.arange(iterations)
+    idx_all = tf.constant(np.array([rng.choice(n, bs, replace=False) for _ in its], np.int32).reshape(-1, bs))
+    done = np.maximum(0.0, (its - warm) / max(1, iterations - warm))
+    beta_all = tf.constant((20.0 + (2.0 - 20.0) * done).astype(np.float32))
+    reg_all = tf.constant((its >= warm).astype(np.float32))
 
-    def soft(vv):
-        return tf.clip_by_value(tf.sigmoid(vv) * (_ZETA - _GAMMA) + _GAMMA, 0.0, 1.0)
-
-    @tf.function(reduce_retracing=True)
     def step(idx, beta, reg_on, t):
         with tf.GradientTape() as tape:
-            h = soft(v)
-            wq = tf.clip_by_value(floor_t + h, -qmax, qmax) * s_t
-            out = op.apply(tf.gather(xs, idx), wq, b_t + u * unit)
-            target = tf.reshape(tf.gather(ys, idx), tf.shape(out))
-            rec = tf.reduce_mean(tf.reduce_sum(tf.square(out - target), axis=-1))
-            reg = tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * h - 1.0), beta))
-            loss = rec + reg_on * reg_weight * reg
+            loss = reconstruction(idx) + reg_on * reg_weight * tf.add_n([r.reg(beta) for r in roundings])
         grads = tape.gradient(loss, params)
-        for p, g, mm, rr in zip(params, grads, m, r):
+        for p, g, mm, rr in zip(params, grads, m, v2):
             mm.assign(0.9 * mm + 0.1 * g)
             rr.assign(0.999 * rr + 0.001 * tf.square(g))
             p.assign_sub(learning_rate * (mm / (1 - 0.9 ** t)) / (tf.sqrt(rr / (1 - 0.999 ** t)) + 1e-8))
-        return loss
 
-    rng = np.random.default_rng(seed)
-    n, bs = len(x), min(batch_size, len(x))
-    warm = iterations // 5
-    for it in range(iterations):
-        idx = rng.choice(n, bs, replace=False).astype(np.int32)
-        frac_done = max(0.0, (it - warm) / max(1, iterations - warm))
-        beta = 20.0 + (2.0 - 20.0) * frac_done
-        step(tf.constant(idx), tf.constant(beta, tf.float32), tf.constant(0.0 if it < warm else 1.0),
-             tf.constant(float(it + 1)))
-    up = (soft(v).numpy() >= 0.5).astype(np.float32)
-    codes = np.clip(floor + up, -qmax, qmax).astype(np.int8)
-    return codes, (bias + u.numpy() * bias_unit).astype(np.float32)
+    @tf.function(autograph=False)
+    def run(lo, hi):
+        def body(t):
+            step(idx_all[t], beta_all[t], reg_all[t], tf.cast(t + 1, tf.float32))
+            return (t + 1,)
+        tf.while_loop(lambda t: t < hi, body, (lo,))
+
+    chunk = max(1, -(-iterations // chunks))
+    for lo in range(0, iterations, chunk):
+        run(tf.constant(lo), tf.constant(min(iterations, lo + chunk)))
+        if on_chunk is not None:
+            on_chunk(min(iterations, lo + chunk))
+
+
+def optimize_layer(op: LayerOp, x: np.ndarray, y: np.ndarray, w: np.ndarray, scale: np.ndarray, dim: Optional[int],
+                   bits: int, bias: np.ndarray, bias_unit: float, iterations: int, batch_size: int, reg_weight: float,
+                   learning_rate: float, seed: int, chunks: int = 4,
+                   on_chunk: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(int8 codes, float bias) after `iterations` Adam steps on one layer's rounding and bias (run_adam).
+
+    `bias_unit` (the output's quantization step) scales the bias shift so one learning rate fits
+    layers of any magnitude.
+    """
+    import tensorflow as tf
+    r = Rounding(w, scale, dim, bits, bias, bias_unit)
+    xs, ys = tf.constant(x), tf.constant(y.reshape((len(y), -1)) if op.kind == "FULLY_CONNECTED" else y)
+
+    def reconstruction(idx):
+        out = op.apply(tf.gather(xs, idx), r.weight(), r.bias())
+        target = tf.reshape(tf.gather(ys, idx), tf.shape(out))
+        return tf.reduce_mean(tf.reduce_sum(tf.square(out - target), axis=-1))
+
+    run_adam([r], reconstruction, len(x), iterations, batch_size, reg_weight, learning_rate, seed, chunks, on_chunk)
+    return r.codes(), r.final_bias()
