@@ -86,6 +86,7 @@ class SynthesisConfig:
     bn_weight: float = 1.0
     prior_weight: float = 1.0
     class_weight: float = 1.0
+    smooth_weight: float = 0.0
     class_loss: str = "mse"
     # As confident as a trained classifier on its training data: softer targets (0.6-0.95) give unconfident
     # images whose pooled features and logits span half real data's range (benchmarks/results/zoo_models.md).
@@ -100,6 +101,10 @@ class SynthesisConfig:
     # not a clock: ResNet-20 (82 MFLOP) gets 96 images x 20 iterations, a 25 MFLOP ResNet-8 256 x 30.
     WORK_FLOPS: ClassVar[int] = 200_000_000_000
     MAX_AUTO_BATCH: ClassVar[int] = 128
+    # Default iterations stop on a plateau of the loss (synthesis.plateaued): every PLATEAU_WINDOW iterations,
+    # once the last window's mean loss improves on the previous one's by less than PLATEAU_TOL.
+    PLATEAU_WINDOW: ClassVar[int] = 10
+    PLATEAU_TOL: ClassVar[float] = 0.02
 
     def __post_init__(self):
         object.__setattr__(self, "mode", _enum(SynthesisMode, self.mode, "mode"))
@@ -118,7 +123,7 @@ class SynthesisConfig:
             if not math.isfinite(tb) or tb <= 0:
                 raise ConfigError(f"time_budget={self.time_budget!r} must be a positive number of seconds or None.")
             object.__setattr__(self, "time_budget", tb)
-        for name in ("learning_rate", "bn_weight", "prior_weight", "class_weight"):
+        for name in ("learning_rate", "bn_weight", "prior_weight", "class_weight", "smooth_weight"):
             v = getattr(self, name)
             try:
                 fv = float(v)
@@ -134,8 +139,8 @@ class SynthesisConfig:
             lo, hi = (float(x) for x in self.target_confidence)
         except (TypeError, ValueError):
             raise ConfigError(f"target_confidence={self.target_confidence!r} must be two numbers LO, HI.") from None
-        if not 0.5 < lo <= hi < 1.0:
-            raise ConfigError(f"target_confidence={self.target_confidence!r} must satisfy 0.5 < LO <= HI < 1.")
+        if not 0.5 < lo <= hi <= 1.0:
+            raise ConfigError(f"target_confidence={self.target_confidence!r} must satisfy 0.5 < LO <= HI <= 1.")
         object.__setattr__(self, "target_confidence", (lo, hi))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed={self.seed!r} must be an integer.")
