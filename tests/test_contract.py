@@ -202,6 +202,12 @@ def files():
     np.savez(d / "own.npz", images=np.zeros((4, H, W, C), np.float32), labels=np.arange(4))
     _huge_header(d / "data.npz", d / "huge_header.npz")
     _custom_layer_model(keras, d / "custom.keras")
+    # round 4: a SavedModel directory is an input made of many files; every one of them is guarded
+    good.export(str(d / "sm"), verbose=False)
+    (d / "sm" / "assets").mkdir(exist_ok=True)
+    os.symlink(d / "sm" / "saved_model.pb", d / "sm_abs_link.tflite")  # an absolute symlink
+    os.link(d / "sm" / "saved_model.pb", d / "sm_hard.tflite")
+    os.symlink(d / "sm" / "variables", d / "sm_vars_link")
     shutil.copy(d / "good.tflite", d / "readonly_root.tflite")
     os.chmod(d / "readonly_root.tflite", 0o444)
 
@@ -317,6 +323,23 @@ CASES = [
      ["--time-budget", "0 for no limit"], ["None"], "plain"),
     ("output_read_only_as_root", ["convert", "{f}/good.keras", "-o", "{f}/readonly_root.tflite", "--data-file",
                                   "{f}/data.npz"], ["read-only"], [], "plain"),
+    # ---- round 4 (issue 28): outputs that are, or resolve into, a file of a SavedModel input
+    ("sm_output_is_saved_model_pb", ["convert", "{f}/sm", "-o", "{f}/sm/saved_model.pb"],
+     ["input model", "saved_model.pb"], [], "plain"),
+    ("sm_output_is_variables_index", ["convert", "{f}/sm", "-o", "{f}/sm/variables/variables.index"],
+     ["input model"], [], "plain"),
+    ("sm_output_is_fingerprint", ["convert", "{f}/sm", "-o", "{f}/sm/fingerprint.pb"], ["input model"], [], "plain"),
+    ("sm_report_is_saved_model_pb", ["convert", "{f}/sm", "-o", "{o}/x.tflite", "--report", "{f}/sm/saved_model.pb"],
+     ["input model"], [], "plain"),
+    ("sm_output_absolute_symlink", ["convert", "{f}/sm", "-o", "{f}/sm_abs_link.tflite"],
+     ["input model", "saved_model.pb"], [], "plain"),
+    ("sm_output_hard_link", ["convert", "{f}/sm", "-o", "{f}/sm_hard.tflite"], ["input model", "saved_model.pb"],
+     [], "plain"),
+    ("sm_output_new_file_inside", ["convert", "{f}/sm", "-o", "{f}/sm/assets/x.tflite"], ["inside", "input model"],
+     [], "plain"),
+    ("sm_output_through_dir_link", ["synthesize", "{f}/sm", "-o", "{f}/sm_vars_link/x.npz"], ["inside", "input model"],
+     [], "plain"),
+    ("sm_analyze_output_inside", ["analyze", "{f}/sm", "-o", "{f}/sm/variables"], ["input model"], [], "plain"),
     ("pack_lut_small_tensors", ["convert", "{f}/good.keras", "-o", "{o}/x.tflite", "--data-file", "{f}/data.npz",
                                 "--nonuniform", "--weight-bits", "4", "--pack", "lut"], ["would grow"],
      ["few enough distinct"], "plain"),
@@ -475,6 +498,30 @@ API_CASES = [
     ("dataset_users_own_npz", "rq.SyntheticDataset.load(f / 'own.npz')", "DataError"),
     ("memory_budget_nan", "os.environ['RETROQ_MEMORY_BUDGET_MB'] = 'nan'; rq.synthesize(m, progress=False)",
      "ConfigError"),
+    # ---- round 4 (issue 28): the quality estimate's and convert's argument types
+    ("estimate_quality_images_str", "rq.estimate_quality(tfl, m, 'images.npy')", "DataError"),
+    ("estimate_quality_images_shape", "rq.estimate_quality(tfl, m, np.zeros((2, 5, 5, 3), np.float32))",
+     "DataError"),
+    ("estimate_quality_reference_none", "rq.estimate_quality(tfl, None, data.images)", "DataError"),
+    ("estimate_quality_reference_not_a_model", "rq.estimate_quality(tfl, str(f / 'data.npz'), data.images)",
+     "ModelError"),
+    ("estimate_quality_reference_list", "rq.estimate_quality(tfl, [[1.0, 2.0]], data.images)", "DataError"),
+    ("estimate_quality_reference_classes", "rq.estimate_quality(tfl, np.zeros((len(data), 7)), data.images)",
+     "DataError"),
+    ("estimate_quality_reference_nan", "rq.estimate_quality(tfl, np.full((len(data), 4), np.nan), data.images)",
+     "DataError"),
+    ("estimate_quality_quantized_path", "rq.estimate_quality(str(f / 'good.tflite'), m, data.images)",
+     "TFLiteModelError"),
+    ("holdout_images_path", "rq.holdout_images(m, str(f / 'data.npz'))", "DataError"),
+    ("holdout_images_none", "rq.holdout_images(m, None)", "DataError"),
+    ("holdout_images_flat_array", "rq.holdout_images(m, np.zeros((4, 8)))", "DataError"),
+    ("holdout_images_count_float", "rq.holdout_images(m, data, count=2.5)", "ConfigError"),
+    ("holdout_images_count_str", "rq.holdout_images(m, data, count='8')", "ConfigError"),
+    ("convert_rounding_config_str", "rq.convert(m, data, rounding='learned', rounding_config='fast')", "ConfigError"),
+    ("convert_rounding_config_dict", "rq.convert(m, data, rounding='learned', rounding_config={'iterations': 5})",
+     "ConfigError"),
+    ("convert_allow_float_ops_str", "rq.convert(m, data, allow_float_ops='no')", "ConfigError"),
+    ("quantize_calibrated_allow_float_ops_str", "rq.quantize_calibrated(tfl, allow_float_ops='no')", "ConfigError"),
 ]
 
 _API_RUNNER = r"""

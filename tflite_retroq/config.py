@@ -64,6 +64,19 @@ def _count(value, name: str, minimum: int = 1, maximum: int = _MAX_IMAGES) -> No
         raise ConfigError(f"{name}={value!r} must be an integer from {minimum} to {maximum}.")
 
 
+def check_count(value, name: str, minimum: int = 1, maximum: int = _MAX_IMAGES) -> int:
+    """A whole number in range (2.5, '8' and True refused: ConfigError), returned as it is."""
+    _count(value, name, minimum, maximum)
+    return value
+
+
+def check_bools(**values) -> None:
+    """Refuse a non-bool where a switch is meant: 'no' or 0.0 would otherwise silently read as a choice."""
+    for name, value in values.items():
+        if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool too
+            raise ConfigError(f"{name}={value!r} must be True or False (got {type(value).__name__}).")
+
+
 @dataclasses.dataclass(frozen=True)
 class SynthesisConfig:
     """Algorithm 1 knobs. Defaults were chosen by measurement across models (see README, benchmarks).

@@ -12,13 +12,12 @@ from typing import Callable, Iterator, List, Optional, Union
 
 import numpy as np
 
-from tflite_retroq.config import IOType, QuantizationConfig, Scheme
+from tflite_retroq.config import IOType, QuantizationConfig, Scheme, check_bools
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import (ConfigError, DataError, OutOfMemoryError, QuantizationError, RetroQError,
                                   is_out_of_memory, one_line)
-from tflite_retroq.model.loading import as_model
+from tflite_retroq.model.prepared import keras_model, prepare
 from tflite_retroq.model.rewrite import int8_friendly
-from tflite_retroq.model.validation import validate_classifier
 from tflite_retroq.tflite.model import verify
 
 RepresentativeData = Union[SyntheticDataset, np.ndarray, Callable[[], Iterator[List[np.ndarray]]]]
@@ -79,13 +78,16 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     if logit_range not in LOGIT_RANGE_MODES:
         raise ConfigError(f"logit_range={logit_range!r} is not valid; choose one of {', '.join(LOGIT_RANGE_MODES)}.")
     batch_size = check_batch_size(batch_size)
-    model = as_model(model)
-    info = validate_classifier(model)
-    friendly = int8_friendly(model)  # LayerNormalization without NEG, which has no int8 kernel (model/rewrite.py)
+    prepared = prepare(model)  # a PreparedModel (from convert) passes through: no reload, no revalidation
+    info = prepared.info
+    # LayerNormalization without NEG, which has no int8 kernel (model/rewrite.py)
+    friendly = int8_friendly(prepared.model)
     gen = _as_generator(data, info.input_shape)
     if batch_size is not None:
         friendly, gen = fixed_batch_model(friendly, batch_size), fixed_batches(gen, batch_size)
-    own = converter is not None and friendly is model
+    # The user's own converter runs where it converts exactly this model; else a fresh one (same result)
+    own = (converter is not None and friendly is prepared.model
+           and getattr(converter, "_keras_model", None) is friendly)
     conv = converter if own else _keras_converter(friendly)
     saved = {k: getattr(conv, k, None) for k in _CALIBRATION_SETTINGS}
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -148,6 +150,7 @@ def quantize_calibrated(calibrated: bytes, scheme: Union[str, Scheme] = Scheme.P
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
     cfg = QuantizationConfig(scheme=scheme, io=io)
+    check_bools(allow_float_ops=allow_float_ops)
     calibrated = verify(calibrated, "The calibrated model")  # the converter would crash on bad bytes
     if cfg.scheme == Scheme.HYBRID:
         raise ConfigError("scheme='hybrid' needs the Keras model and images for its sensitivity analysis; "
@@ -213,15 +216,19 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     check_options(nonuniform, pack, weight_bits)
     from tflite_retroq.methods.rounding import check_rounding, learned_rounding
     from tflite_retroq.tflite.int4 import check_weight_dtype, to_int4
+    check_bools(nonuniform=nonuniform, fully_connected_per_tensor=fully_connected_per_tensor,
+                allow_float_ops=allow_float_ops, progress=progress)
+    check_rounding_config(rounding_config)
     check_rounding(rounding, nonuniform)
     check_weight_dtype(weight_dtype, weight_bits, nonuniform, pack)
     from tflite_retroq.tflite.weight_bits import limit_weight_bits
     cfg = QuantizationConfig(scheme=scheme, weight_bits=weight_bits, io=io)
     hcfg = hybrid.hybrid_config(cfg.scheme, threshold, max_per_channel, fully_connected_per_tensor, plan)
+    if calibrated is not None:
+        calibrated = verify(calibrated, "calibrated=")  # before any native code parses the caller's bytes
+    model = prepare(model)  # loaded, validated (and BN-folded when needed) once for every stage below
     if calibrated is None:
         calibrated = calibrate(model, data, logit_range=logit_range, batch_size=batch_size)
-    else:
-        calibrated = verify(calibrated, "calibrated=")  # before any native code parses the caller's bytes
     check_calibrated_batch(calibrated, batch_size)
     quantized = quantize_calibrated(calibrated, Scheme.PER_TENSOR if hcfg is not None else cfg.scheme, cfg.io,
                                     allow_float_ops=allow_float_ops)
@@ -230,17 +237,25 @@ def convert(model, data: RepresentativeData, *, scheme: Union[str, Scheme] = "pe
     if cfg.weight_bits != 8 and not nonuniform:
         quantized = limit_weight_bits(quantized, calibrated, cfg.weight_bits)
     if rounding == "learned":
-        info = validate_classifier(as_model(model))
-        images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)
+        images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, model.info.input_shape)
         quantized = learned_rounding(quantized, calibrated, images, cfg.weight_bits, rounding_config, progress)
     quantized = finish(quantized, calibrated, cfg.weight_bits, nonuniform, pack)
     return to_int4(quantized) if weight_dtype == "int4" else quantized
 
 
+def check_rounding_config(rounding_config) -> None:
+    """None or a RoundingConfig: a mode name or a dict would fail deep inside learned rounding."""
+    from tflite_retroq.methods.rounding import RoundingConfig
+    if rounding_config is not None and not isinstance(rounding_config, RoundingConfig):
+        raise ConfigError(f"rounding_config must be a RoundingConfig, got {type(rounding_config).__name__} "
+                          f"{one_line(repr(rounding_config), 40)}; pass rq.RoundingConfig(iterations=...) "
+                          "(or leave it None), with rounding='learned'.")
+
+
 def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:
     """Plain float32 .tflite of the model (the accuracy reference on the interpreter)."""
     from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fold_batch_reshapes
-    model, batch_size = as_model(model), check_batch_size(batch_size)
+    model, batch_size = keras_model(model), check_batch_size(batch_size)
     conv = _keras_converter(model if batch_size is None else fixed_batch_model(model, batch_size))
     with _quiet():
         out = bytes(conv.convert())
@@ -308,6 +323,7 @@ class RetroQConverter:
             raise ConfigError("This converter was not made by TFLiteConverter.from_keras_model, so the Keras model "
                               "is unknown; pass it: RetroQConverter(converter, data, model=model).")
         opts = self.options()
+        model = prepare(model)  # once for both stages
         calibrated = calibrate(model, self._data, logit_range=opts.get("logit_range", "auto"),
                                batch_size=opts.get("batch_size"), converter=self._converter)
         return convert(model, self._data, calibrated=calibrated, **opts)

@@ -101,6 +101,23 @@ def keras_outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarra
     return np.concatenate(out, axis=0)
 
 
+def reference_outputs(reference, images: np.ndarray) -> np.ndarray:
+    """The float outputs to compare with: given as an array (or list) of outputs, or computed from the
+    float model (a PreparedModel, a keras.Model or a model path) on `images`. Shape and finiteness are
+    checked against the .tflite's outputs by `_checked_reference`."""
+    if isinstance(reference, (np.ndarray, list, tuple)):
+        try:
+            return np.asarray(reference, np.float64)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"reference outputs must be a numeric [N, classes] array ({one_line(e, 100)}); pass "
+                            "the float model's outputs on the same images, or the model itself.") from None
+    if reference is None or isinstance(reference, (bool, int, float, bytes)):
+        raise DataError(f"reference must be the float model (a keras.Model or its path) or its [N, classes] "
+                        f"outputs on the same images, got {type(reference).__name__}.")
+    from tflite_retroq.model.prepared import keras_model
+    return keras_outputs(keras_model(reference), images)
+
+
 def _checked_images(images) -> np.ndarray:
     """A non-empty, finite [N, H, W, C] float32 batch, else DataError (NaN would turn every metric into noise)."""
     try:
@@ -192,6 +209,6 @@ def evaluate(model_bytes: bytes, images: np.ndarray, labels: Optional[np.ndarray
     if labels is not None:
         _checked_labels(labels, len(images))  # before the interpreter runs
     outputs = run_tflite(model_bytes, images, batch_size=batch_size, resolver=resolver)
-    if reference is not None and not isinstance(reference, np.ndarray):
-        reference = keras_outputs(reference, images)
+    if reference is not None:
+        reference = reference_outputs(reference, images)
     return compare(outputs, labels, reference)

@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 import tempfile
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
@@ -65,18 +65,50 @@ def same_file(a: str, b: str) -> bool:
     """True if two paths name one file: same real path (symlinks resolved) or same inode (hard links)."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
+    ia = _identity(a)
+    return ia is not None and ia == _identity(b)
+
+
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    """(st_dev, st_ino) of the file a path names through its links; None when there is none."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def input_files(path: str) -> List[str]:
+    """Every file an input is made of: the file itself, or each file under a directory (a SavedModel's
+    saved_model.pb, fingerprint.pb, variables/*, assets/*, ...)."""
+    if not os.path.isdir(path):
+        return [path]
+    found = []
+    for root, _, names in os.walk(path):
+        found.extend(os.path.join(root, n) for n in names)
+    return found
 
 
 def check_not_inputs(output: str, inputs: Sequence[Tuple[str, Optional[str]]]) -> None:
-    """Refuse an output path that is one of the inputs (`(description, path)` pairs), whatever it is called."""
+    """Refuse an output path that is, or resolves into, any file of an input (`(description, path)` pairs).
+
+    One rule for every kind of input: the output's real path (symlinks resolved) must not lie inside an
+    input directory, and neither its real path nor its inode (hard links) may be that of any input file.
+    """
+    output = os.fspath(output)
+    real, ident = os.path.realpath(output), _identity(output)
     for description, path in inputs:
-        if path and same_file(output, path):
-            raise OutputError(f"Output {output!r} is the {description}; writing it would destroy the input. "
-                              "Choose another output path.")
+        if not path:
+            continue
+        path = os.fspath(path)
+        for f in input_files(path):
+            if real == os.path.realpath(f) or (ident is not None and ident == _identity(f)):
+                what = "" if f == path else f" (its file {os.path.relpath(f, path)!r})"
+                raise OutputError(f"Output {output!r} is the {description}{what}; writing it would destroy the "
+                                  "input. Choose another output path.")
+        if os.path.isdir(path) and (real + os.sep).startswith(os.path.realpath(path) + os.sep):
+            raise OutputError(f"Output {output!r} lies inside the {description} {path!r}; writing there would change "
+                              "the input. Choose another output path, outside that directory.")
 
 
 def check_writable(path: str) -> str:

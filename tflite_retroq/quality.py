@@ -7,7 +7,14 @@ calibrated float model, divided by the tensor's scale (in quantization steps: id
 about 1/sqrt(12) = 0.29; clipping or accumulated error shows as much more).
 
 Held-out images matter: ranges were calibrated on the calibration images, so on those very images
-nothing clips and the estimate would flatter the model.
+nothing clips and the estimate would flatter the model. They come from their own seed stream, so they
+never equal a calibration image, at any size.
+
+What it cannot see: held-out images made like the calibration images share their blind spot. A range
+that both miss (real images are more confident: their logits reach further) stays hidden, so the
+numbers can look better than on real data. Probes made differently (gaussian noise in the input space,
+and images synthesized towards more confident targets) show how often the float outputs leave the
+int8 output range: a high clip rate there is what the held-out numbers cannot reveal.
 """
 from __future__ import annotations
 
@@ -16,10 +23,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tflite_retroq.config import SynthesisConfig
+from tflite_retroq.config import SynthesisConfig, check_count
 from tflite_retroq.dataset import SyntheticDataset
-from tflite_retroq.errors import DataError, TFLiteModelError
-from tflite_retroq.evaluate import keras_outputs, run_tflite, sqnr_db
+from tflite_retroq.errors import ConfigError, DataError, TFLiteModelError
+from tflite_retroq.evaluate import _checked_images, _checked_reference, reference_outputs, run_tflite, sqnr_db
+from tflite_retroq.model.prepared import prepare
 from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.model.input_space import InputSpace
 from tflite_retroq.synthesis import synthesize
@@ -32,6 +40,12 @@ POOR_SQNR_DB = 15.0
 # The per-tensor table runs the two interpreters image by image with every tensor kept: a few images
 # are enough to rank tensors, and bound the cost on large models.
 TABLE_IMAGES = 8
+# One image in a hundred is one point of agreement: the held-out set resolves 1 % when it can afford to.
+RESOLVING_IMAGES = 100
+# The held-out and probe images' seeds come from their own streams of the calibration seed.
+_HOLDOUT_STREAM, _PROBE_STREAM = 0x4E1D, 0x9B0E
+LIMITS = ("held-out images are made like the calibration images, so a range both miss (real images are more "
+          "confident) stays hidden; the probes made differently show how often outputs clip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,84 +66,241 @@ class TensorError:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClipProbe:
+    """Images made unlike the calibration images: on how many of them the float outputs leave the
+    int8 output range (those outputs clip in the int8 model)."""
+    name: str                      # "gaussian", "confident"
+    num_images: int
+    clipped: float                 # percent of images with at least one output outside the int8 range
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class QualityEstimate:
     num_images: int
-    agreement: float               # top-1 agreement with the float model, percent
-    sqnr_db: float                 # output SQNR against the float model
+    agreement: float               # top-1 agreement with the float model, percent (nan: no estimate)
+    sqnr_db: float                 # output SQNR against the float model (nan: no estimate)
     tensors: Tuple[TensorError, ...] = ()  # graph order; empty when no calibrated model was given
     source: str = "held-out synthetic images"
+    probes: Tuple[ClipProbe, ...] = ()
+    note: str = ""                 # why there is no (or a partial) estimate, e.g. NaN float outputs
 
     @property
     def poor(self) -> bool:
+        """Below a threshold (NaN is no evidence either way: never poor)."""
         return self.agreement < POOR_AGREEMENT or self.sqnr_db < POOR_SQNR_DB
+
+    @property
+    def step(self) -> float:
+        """Agreement moves in steps of one image: 100 / num_images points."""
+        return 100.0 / self.num_images if self.num_images else float("nan")
 
     def worst(self, k: int = 3) -> List[TensorError]:
         return sorted(self.tensors, key=lambda t: -t.rmse_per_scale)[:k]
 
     def line(self) -> str:
         """The one line `retroq convert` prints."""
-        text = (f"quality estimate on {self.num_images} {self.source} (not used for calibration): "
-                f"{self.agreement:.1f} % top-1 agreement with float, output SQNR {self.sqnr_db:.1f} dB")
+        head = f"quality estimate on {self.num_images} {self.source} (not used for calibration): "
+        if not np.isfinite(self.agreement):
+            return head + f"none ({self.note})"
+        text = head + f"{self.agreement:.1f} % top-1 agreement with float"
+        if self.step > 1.0:
+            text += f" (in {self.step:.1f}-point steps)"
+        text += f", output SQNR {self.sqnr_db:.1f} dB"
         worst = self.worst(1)
         if worst:
             text += f"; largest per-tensor error {worst[0].rmse_per_scale:.2f} steps at {worst[0].name}"
+        if self.probes:
+            text += "; outputs clip on " + " and ".join(f"{p.clipped:.0f} % of {p.num_images} {p.name}"
+                                                       for p in self.probes) + " images made differently"
+        if self.note:
+            text += f" ({self.note})"
         return text
 
-    def warning(self) -> Optional[str]:
+    def warning(self, used: Optional[Dict] = None) -> Optional[str]:
+        """One line when poor, with only the advice the run can still take. `used`: what the run chose
+        (keys scheme, weight_bits, rounding, data_file); None gives every piece of advice."""
         if not self.poor:
             return None
+        used = used or {}
+        advice = []
+        if not used.get("data_file"):
+            advice.append("check the input space (--input-range / --input-mean/--input-std)")
+        else:
+            advice.append("check how the --data-file images were made (input space, count)")
+        if used.get("scheme", "per-tensor") != "per-channel":
+            advice.append("try --scheme per-channel")
+        bits = used.get("weight_bits", 4)
+        if bits < 8:
+            advice.append("more --weight-bits" + ("" if used.get("rounding") == "learned" else " or --rounding learned"))
+        advice.append("see the per-tensor table in --report")
         return (f"the int8 model looks poor on held-out synthetic images ({self.agreement:.1f} % agreement, "
-                f"{self.sqnr_db:.1f} dB; below {POOR_AGREEMENT:g} % or {POOR_SQNR_DB:g} dB): check the input space "
-                "(--input-range / --input-mean/--input-std), try --scheme per-channel or more --weight-bits, and "
-                "see the per-tensor table in --report")
+                f"{self.sqnr_db:.1f} dB; below {POOR_AGREEMENT:g} % or {POOR_SQNR_DB:g} dB): " + ", ".join(advice))
 
     def to_dict(self) -> dict:
         return {"num_images": self.num_images, "source": self.source, "agreement": self.agreement,
-                "sqnr_db": self.sqnr_db, "poor": self.poor,
+                "agreement_step": self.step, "sqnr_db": self.sqnr_db, "poor": self.poor, "note": self.note,
                 "thresholds": {"agreement": POOR_AGREEMENT, "sqnr_db": POOR_SQNR_DB},
+                "limits": LIMITS, "probes": [p.to_dict() for p in self.probes],
                 "tensors": [t.to_dict() for t in self.tensors]}
 
 
 def holdout_count(calibration_images: int) -> int:
-    """An eighth of the calibration set, at least 16 and at most 64 images: enough to see clipping, cheap."""
-    return int(min(64, max(16, calibration_images // 8)))
+    """Half the calibration set, at least 16 and at most RESOLVING_IMAGES (100: 1-point agreement steps)."""
+    return int(min(RESOLVING_IMAGES, max(16, calibration_images // 2)))
+
+
+def _calibration_set(data) -> SyntheticDataset:
+    if isinstance(data, SyntheticDataset):
+        return data
+    if isinstance(data, np.ndarray):
+        return SyntheticDataset.from_images(_checked_images(data))
+    raise DataError(f"data must be the calibration SyntheticDataset (or its [N, H, W, C] image array), got "
+                    f"{type(data).__name__}" + ("; load it first with rq.SyntheticDataset.load(path)."
+                                                if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__")
+                                                else "."))
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """A seed of its own stream: never the calibration seed, nor seed + k for a nearby k."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _made_like(data: SyntheticDataset, stream: int, **changes) -> Tuple[SynthesisConfig, object]:
+    """A SynthesisConfig like the one that made `data` (mode, iterations, input space), on its own seed stream."""
+    meta = data.metadata
+    cfg = meta.get("config")
+    mode = meta.get("mode") if meta.get("mode") in ("retro", "zeroq", "gaussian") else "retro"
+    seed = int(cfg.get("seed", 0)) if isinstance(cfg, dict) and isinstance(cfg.get("seed", 0), int) else 0
+    iterations = meta.get("iterations_run") if isinstance(meta.get("iterations_run"), int) else None
+    kw = dict({"mode": mode, "seed": _stream_seed(seed, stream)}, **changes)
+    if iterations and kw["mode"] != "gaussian":  # a retro probe of gaussian data gets the planned iterations
+        kw.setdefault("iterations", iterations)
+    space = meta.get("input_space")
+    spec = InputSpace.from_dict(space) if isinstance(space, dict) and "offset" in space else None
+    return SynthesisConfig(**kw), spec
 
 
 def holdout_images(model, data: SyntheticDataset, count: Optional[int] = None) -> np.ndarray:
-    """Fresh images made like `data` (same mode, iterations and input space; another seed), never its own.
+    """Fresh images made like `data` (same mode, iterations and input space; a seed of its own stream),
+    never one of its own images.
 
     A dataset without a synthesis record (real images, a user's array) gets retro images in the space the
     model states (or the one recorded with the dataset).
     """
-    meta = data.metadata
-    count = holdout_count(len(data)) if count is None else int(count)
-    cfg = meta.get("config")
-    mode = meta.get("mode") if meta.get("mode") in ("retro", "zeroq", "gaussian") else "retro"
-    seed = int(cfg.get("seed", 0)) + 1 if isinstance(cfg, dict) else 1
-    iterations = meta.get("iterations_run") if isinstance(meta.get("iterations_run"), int) else None
-    kw = {"mode": mode, "images": count, "seed": seed}
-    if iterations is not None and mode != "gaussian":
-        kw["iterations"] = iterations
-    space = meta.get("input_space")
-    spec = InputSpace.from_dict(space) if isinstance(space, dict) and "offset" in space else None
-    return synthesize(model, SynthesisConfig(**kw), input_spec=spec, progress=False).images
+    data = _calibration_set(data)
+    count = holdout_count(len(data)) if count is None else check_count(count, "count")
+    config, spec = _made_like(data, _HOLDOUT_STREAM, images=count)
+    images = synthesize(prepare(model), config, input_spec=spec, progress=False).images
+    flat = data.images.reshape(len(data), -1)
+    fresh = [i for i, x in enumerate(images.reshape(len(images), -1)) if not np.any(np.all(flat == x, axis=1))]
+    return images[fresh]
+
+
+def probe_images(model, data: SyntheticDataset, count: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Images made unlike `data`, to see what held-out images made like it cannot: gaussian noise in the
+    input space (no optimization), and images synthesized towards confident targets (0.99-0.999)."""
+    data = _calibration_set(data)
+    count = holdout_count(len(data)) if count is None else check_count(count, "count")
+    prepared = prepare(model)
+    out = {}  # gaussian images cost nothing to make; a quarter as many confident ones bound the extra synthesis
+    for name, n, changes in (("gaussian", count, {"mode": "gaussian"}),
+                             ("confident", max(16, count // 4), {"mode": "retro", "target_confidence": (0.99, 0.999)})):
+        config, spec = _made_like(data, _PROBE_STREAM, images=n, **changes)
+        out[name] = synthesize(prepared, config, input_spec=spec, progress=False).images
+    return out
+
+
+def output_range(quantized: bytes) -> Optional[Tuple[float, float, float]]:
+    """(lowest, highest, scale) the int8 model's output can represent, in real units (through a final
+    DEQUANTIZE for float I/O, the uint8 grid for uint8 I/O); None when the output is not quantized."""
+    m = tfm.read(quantized)
+    sg = m.subgraphs[0]
+    index = sg.outputs[0]
+    for op in sg.operators:
+        if index in op.outputs and sg.tensors[index].type not in (3, 9) and tfm.op_name(m, op) == "DEQUANTIZE":
+            index = op.inputs[0]
+    t = sg.tensors[index]
+    sc = tfm.scales(t)
+    if t.type not in (3, 9) or sc.size != 1:
+        return None
+    zp = t.quantization.zeroPoint
+    zp = int(zp[0]) if zp is not None and len(zp) else 0
+    qmin, qmax = (0, 255) if t.type == 3 else (-128, 127)
+    return (qmin - zp) * float(sc[0]), (qmax - zp) * float(sc[0]), float(sc[0])
+
+
+def clip_rate(reference_out: np.ndarray, bounds: Tuple[float, float, float]) -> float:
+    """Percent of images with a float output beyond the int8 output range by more than half a step."""
+    lo, hi, scale = bounds
+    outside = (reference_out < lo - scale / 2) | (reference_out > hi + scale / 2)
+    return float(np.mean(np.any(outside, axis=1)) * 100.0) if len(reference_out) else float("nan")
 
 
 def estimate_quality(quantized: bytes, reference, images: np.ndarray, *, calibrated: Optional[bytes] = None,
-                     source: str = "held-out synthetic images") -> QualityEstimate:
-    """Agreement and output SQNR of `quantized` against `reference` (a Keras model, or its outputs on
-    `images`), plus the per-tensor table when `calibrated` (the float model it was quantized from) is given.
+                     source: str = "held-out synthetic images",
+                     probes: Optional[Dict[str, np.ndarray]] = None) -> QualityEstimate:
+    """Agreement and output SQNR of `quantized` against `reference` (the float model, or its outputs on
+    `images`), plus the per-tensor table when `calibrated` (the float model it was quantized from) is given,
+    and the clip rate on each set of `probes` (images made differently; needs the model as reference).
 
-    `images` must not be the calibration images (see the module docstring).
+    `images` must not be the calibration images (see the module docstring). Outputs given as an array must
+    be finite; a float model that outputs NaN or inf on some images is named in the estimate's note (those
+    images are left out), never raised: a finished conversion does not fail on it.
     """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or len(images) == 0:
-        raise DataError(f"Quality images must be a non-empty [N, H, W, C] array, got shape {images.shape}.")
-    ref = reference if isinstance(reference, np.ndarray) else keras_outputs(reference, images)
-    out = run_tflite(quantized, images)
+    if not isinstance(quantized, (bytes, bytearray, memoryview)):
+        raise TFLiteModelError(f"quantized must be the .tflite model's bytes, got {type(quantized).__name__}.")
+    images = _checked_images(images)
+    given = isinstance(reference, (np.ndarray, list, tuple))
+    if probes is not None and (given or not isinstance(probes, dict)):
+        raise ConfigError("probes= needs the float model as reference (its outputs on the probe images) and a "
+                          "dict {name: images}.")
+    out = run_tflite(quantized, images)  # first: it checks the images fit the model
+    probe_sets = {str(k): _checked_images(v) for k, v in (probes or {}).items()}
+    for name, x in probe_sets.items():
+        if x.shape[1:] != images.shape[1:]:
+            raise DataError(f"probe images {name!r} have shape {list(x.shape[1:])} per image, the model takes "
+                            f"{list(images.shape[1:])}.")
+    if probe_sets:  # one pass of the float model over every image set (one traced function, not one per set)
+        everything = reference_outputs(reference, np.concatenate([images, *probe_sets.values()]))
+        ref, cut = everything[:len(images)], len(images)
+        for name, x in probe_sets.items():
+            probe_sets[name], cut = everything[cut:cut + len(x)], cut + len(x)
+    else:
+        ref = reference_outputs(reference, images)
+    note = ""
+    if not given and ref.shape == out.shape and not np.all(np.isfinite(ref)):
+        ok = np.all(np.isfinite(ref), axis=1)
+        note = (f"the float model outputs NaN or inf on {int(np.sum(~ok))} of {len(ref)} of these images"
+                + ("; no estimate" if not np.any(ok) else ", left out"))
+        if not np.any(ok):
+            return QualityEstimate(len(images), float("nan"), float("nan"), (), source, (), note)
+        images, ref, out = images[ok], ref[ok], out[ok]
+    ref = _checked_reference(ref, out)
     agreement = float(np.mean(np.argmax(out, 1) == np.argmax(ref, 1)) * 100.0)
     tensors = tensor_errors(quantized, calibrated, images[:TABLE_IMAGES]) if calibrated is not None else ()
-    return QualityEstimate(len(images), agreement, float(sqnr_db(ref, out)), tuple(tensors), source)
+    found = []
+    bounds = output_range(bytes(quantized)) if probe_sets else None
+    for name, y in probe_sets.items():
+        if bounds is not None:
+            y = y[np.all(np.isfinite(y), axis=1)]
+            found.append(ClipProbe(name, len(y), clip_rate(y, bounds)))
+    return QualityEstimate(len(images), agreement, float(sqnr_db(ref, out)), tuple(tensors), source, tuple(found),
+                           note)
+
+
+def estimate_after_conversion(quantized: bytes, model, data: SyntheticDataset, calibrated: Optional[bytes]
+                              ) -> Tuple[Optional[QualityEstimate], str]:
+    """The estimate `retroq convert` prints once the model is made: held-out images, the probes and the
+    table. A failure here (NaN images, an interpreter refusal) becomes a note, never a failed conversion."""
+    from tflite_retroq.errors import RetroQError
+    try:
+        return estimate_quality(quantized, model, holdout_images(model, data), calibrated=calibrated,
+                                probes=probe_images(model, data)), ""
+    except RetroQError as e:
+        return None, f"quality estimate skipped: {e}"
 
 
 def _all_tensors_interpreter(model_bytes: bytes):
@@ -149,28 +320,40 @@ def _all_tensors_interpreter(model_bytes: bytes):
 
 
 def _feed(it, detail, x: np.ndarray) -> None:
-    if detail["dtype"] == np.int8:
+    """Float images in, quantized with the input's own scale and zero point for int8 and uint8 I/O."""
+    if detail["dtype"] in (np.int8, np.uint8):
         s, zp = detail["quantization"]
-        x = np.clip(np.round(x / s) + zp, -128, 127).astype(np.int8)
+        info = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(x / s) + zp, info.min, info.max)
     it.set_tensor(detail["index"], x.astype(detail["dtype"]))
     it.invoke()
 
 
 def _int8_activations(model_bytes: bytes) -> Dict[str, Tuple[int, str, float, int]]:
-    """name -> (tensor index, producing op, scale, zero point) of every per-tensor int8 op output."""
+    """name -> (tensor index, producing op, scale, zero point) of every per-tensor int8 op output, with the
+    graph output under its own name for every I/O type: uint8 I/O ends in a QUANTIZE int8 -> uint8 that
+    carries the name; float I/O in a DEQUANTIZE whose int8 input stands for the float output."""
     m = tfm.read(model_bytes)
     sg = m.subgraphs[0]
+    producer = {i: op for op in sg.operators for i in op.outputs}
     found = {}
     for op in sg.operators:
         name_of_op = tfm.op_name(m, op)
-        if name_of_op in ("QUANTIZE", "DEQUANTIZE"):
+        at_output = bool(set(op.outputs) & set(sg.outputs))
+        if name_of_op in ("QUANTIZE", "DEQUANTIZE") and not at_output:
             continue
         for i in op.outputs:
+            name = tfm.tensor_name(sg.tensors[i])
+            if name_of_op in ("QUANTIZE", "DEQUANTIZE"):  # at the output: named by the op that computed it
+                source = op.inputs[0]
+                name_of_op = tfm.op_name(m, producer[source]) if source in producer else name_of_op
+                i = source if sg.tensors[i].type not in (9, 3) else i  # float output: its int8 input
             t = sg.tensors[i]
             sc = tfm.scales(t)
-            if t.type == 9 and sc.size == 1:  # INT8, per-tensor activation
+            if t.type in (9, 3) and sc.size == 1:  # INT8 (or the UINT8 output), per-tensor activation
                 zp = t.quantization.zeroPoint
-                found[tfm.tensor_name(t)] = (int(i), name_of_op, float(sc[0]), int(zp[0]) if zp is not None and len(zp) else 0)
+                found.pop(tfm.tensor_name(t), None)  # listed once, under the output's name
+                found[name] = (int(i), name_of_op, float(sc[0]), int(zp[0]) if zp is not None and len(zp) else 0)
     return found
 
 

@@ -21,10 +21,9 @@ from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import ConfigError, OutOfMemoryError, is_out_of_memory, one_line
 from tflite_retroq.io_utils import library_quiet
 from tflite_retroq.model.batchnorm import bn_layers, bn_targets, bn_taps
-from tflite_retroq.model.input_space import InputSpace, resolve_input_space
-from tflite_retroq.model.loading import as_model
+from tflite_retroq.model.input_space import InputSpace
+from tflite_retroq.model.prepared import PreparedModel, prepare
 from tflite_retroq.model.saved_model import compiles_with_xla
-from tflite_retroq.model.validation import validate_classifier
 from tflite_retroq import resources
 
 
@@ -175,10 +174,10 @@ def synthesize(model, config: Optional[SynthesisConfig] = None, *, input_spec: O
         raise ConfigError(f"config must be a SynthesisConfig, got {type(config).__name__} {one_line(config, 40)!r}; "
                           f"pass {hint}.")
     config = config or SynthesisConfig()
-    model = as_model(model)
+    prepared = prepare(model)  # loaded and validated once; a PreparedModel passes through unchanged
     with warnings.catch_warnings():  # Keras/TF chatter; the warnings that matter are ours, one line each
         warnings.simplefilter("ignore")
-        data = _synthesize(model, config, input_spec, progress)
+        data = _synthesize(prepared, config, input_spec, progress)
     source = data.metadata["input_space"]["source"]
     if source.startswith(("assumed", "guessed")):
         warnings.warn(InputSpaceWarning(f"input space {source}"), stacklevel=2)
@@ -189,9 +188,9 @@ class InputSpaceWarning(UserWarning):
     """The input space had to be guessed (nothing in the model states it): check it is right."""
 
 
-def _synthesize(model, config: SynthesisConfig, input_spec: Optional[InputSpec], progress: bool) -> SyntheticDataset:
-    info = validate_classifier(model)
-    space = resolve_input_space(model, input_spec)
+def _synthesize(prepared: PreparedModel, config: SynthesisConfig, input_spec: Optional[InputSpec],
+                progress: bool) -> SyntheticDataset:
+    model, info, space = prepared.model, prepared.info, prepared.input_space(input_spec)
     plan = plan_synthesis(model, config, info.num_classes, info.input_shape)
     zlo, zhi = space.z_bounds()
     t0 = time.perf_counter()

@@ -33,12 +33,10 @@ def check_outputs(model_path: str, *paths: Optional[str], data_file: Optional[st
 
 
 def load_checked_model(path: str):
-    """Load (a mixed-precision model as its float32 twin) and validate before anything is printed or run."""
-    from tflite_retroq.model.loading import as_model  # TensorFlow loads here, after every flag is checked
-    from tflite_retroq.model.validation import validate_classifier
-    model = as_model(path)
-    validate_classifier(model)
-    return model
+    """The command's one PreparedModel: loaded (a mixed-precision model as its float32 twin) and validated
+    once, before anything is printed or run; every stage takes it as it is."""
+    from tflite_retroq.model.prepared import prepare  # TensorFlow loads here, after every flag is checked
+    return prepare(path)
 
 
 class ReaderGone(Exception):

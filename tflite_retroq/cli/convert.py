@@ -70,9 +70,9 @@ def cmd_convert(args: Sequence[str]) -> int:
         arena_note = lut_arena_note(plain, tflite, static_batch)
     seconds["conversion"] = time.perf_counter() - t1 - seconds.get("sensitivity", 0.0)
     t3 = time.perf_counter()
-    from tflite_retroq.quality import estimate_quality, holdout_images
+    from tflite_retroq.quality import estimate_after_conversion
     # On the plain twin of a LUT-packed file: LiteRT cannot decode LUTs, and TFLM decodes them to the same values.
-    quality = estimate_quality(plain, model, holdout_images(model, dataset), calibrated=calibrated)
+    quality, quality_note = estimate_after_conversion(plain, model, dataset, calibrated)
     seconds["quality estimate"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
 
@@ -97,7 +97,7 @@ def cmd_convert(args: Sequence[str]) -> int:
                               **({"allow_float_ops": True} if flag("allow-float-ops") else {})),
             synthesis=synthesis, input_space=meta.get("input_space"), output_size=len(tflite), seconds=seconds,
             inspection=inspect_model(tflite), version=__version__), **hybrid_report(plan, sens),
-            quality=quality.to_dict() if quality is not None else None))
+            quality=quality.to_dict() if quality is not None else {"note": quality_note}))
         # Both files are fully written to temporaries before either is renamed into place.
         with atomic_path(output) as tmp_out, atomic_path(report_path) as tmp_rep:
             with open(tmp_out, "wb") as f:
@@ -115,9 +115,14 @@ def cmd_convert(args: Sequence[str]) -> int:
              "than real ones)")
     if quality is not None:
         say(quality.line())
-        if quality.warning():
+        advice = quality.warning({"scheme": qcfg.scheme.value if plan is None else "hybrid",
+                                  "weight_bits": qcfg.weight_bits, "rounding": flag("rounding"),
+                                  "data_file": data_file is not None})
+        if advice:
             import warnings
-            warnings.warn(quality.warning())  # one `retroq: warning:` line on stderr, after success
+            warnings.warn(advice)  # one `retroq: warning:` line on stderr, after success
+    elif quality_note:
+        say(quality_note)
     if flag("allow-float-ops"):
         from tflite_retroq.tflite.inspect import FLOAT_OPS_NOTE, float_ops
         kept = float_ops(tflite)

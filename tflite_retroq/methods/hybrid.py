@@ -17,8 +17,7 @@ from tflite_retroq.config import HybridConfig, Scheme
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import ConfigError, DataError, TFLiteModelError
 from tflite_retroq.methods.sensitivity import KIND_OF_LAYER, analyzable_layers, analyze_sensitivity
-from tflite_retroq.model.batchnorm import fold_batchnorm
-from tflite_retroq.model.loading import as_model
+from tflite_retroq.model.prepared import prepare
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.per_channel import to_per_channel
 from tflite_retroq.tflite.weight_bits import matched_ops
@@ -47,7 +46,7 @@ def match_layers(model, calibrated: bytes, names: Optional[List[str]] = None) ->
 
     `model` may carry BatchNorm (it is folded first, as the converter folds it).
     """
-    folded = fold_batchnorm(as_model(model))
+    folded = prepare(model).folded()
     layers = analyzable_layers(folded)
     if names is not None:
         wanted = set(names)

@@ -21,9 +21,7 @@ import numpy as np
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import ConfigError, DataError, ModelError
 from tflite_retroq.methods.plan import LayerSensitivity, SensitivityResult
-from tflite_retroq.model.batchnorm import fold_batchnorm
-from tflite_retroq.model.loading import as_model
-from tflite_retroq.model.validation import validate_classifier
+from tflite_retroq.model.prepared import prepare
 from tflite_retroq.quant.uniform import symmetric_quantize
 
 KIND_OF_LAYER = {"Conv2D": "CONV_2D", "DepthwiseConv2D": "DEPTHWISE_CONV_2D", "Dense": "FULLY_CONNECTED"}
@@ -199,14 +197,14 @@ def analyze_sensitivity(model, data: Union[SyntheticDataset, np.ndarray], *, wei
         raise ConfigError(f"method={method!r} is not valid; choose one of {', '.join(map(repr, _METHODS))}.")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer.")
-    model = as_model(model)
-    info = validate_classifier(model)
+    prepared = prepare(model)  # a PreparedModel passes through: not reloaded, revalidated or refolded
+    model, info = prepared.model, prepared.info
     images, source = _images(data)
     if tuple(images.shape[1:]) != tuple(info.input_shape):
         raise DataError(f"images have shape {list(images.shape[1:])} per image but the model takes "
                         f"{list(info.input_shape)}.")
     t_start = time.perf_counter()
-    folded = fold_batchnorm(model) if info.num_bn else model
+    folded = prepared.folded()
     todo = analyzable_layers(folded)
     if layers is not None:
         wanted = list(layers)
