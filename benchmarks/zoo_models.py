@@ -43,8 +43,9 @@ class Case:
     """A model with its evaluation images, real calibration images and what the labels mean."""
 
     def __init__(self, name: str, load: Callable[[], tuple], labels_meaningful: bool = True,
-                 reference: Optional[Callable[[], bytes]] = None):
+                 reference: Optional[Callable[[], bytes]] = None, input_flags: Optional[dict] = None):
         self.name, self.load, self.labels_meaningful, self.reference = name, load, labels_meaningful, reference
+        self.input_flags = input_flags  # what a user passes as --input-mean/--input-std/--input-range, if needed
 
 
 def _cifar_case(depth: int) -> Case:
@@ -88,6 +89,24 @@ def _fashion_case(kind: str, title: str) -> Case:
     return Case(title, load)
 
 
+def _family_case(module: str, kind: str, title: str) -> Case:
+    """A Fashion-MNIST model of a family nobody tuned on (benchmarks/zoo/families.py, fashion_attention.py)."""
+    def load():
+        import importlib
+        from benchmarks.zoo import fashion
+        mod = importlib.import_module(f"benchmarks.zoo.{module}")
+        model = mod.trained_model(kind)
+        conv = getattr(mod, "to_input", lambda _k, p: p)
+        x, y = fashion.load_fashion_mnist("test")
+        if FLAGS.eval_limit and FLAGS.eval_limit < len(x):
+            idx = np.linspace(0, len(x) - 1, FLAGS.eval_limit).astype(int)
+            x, y = x[idx], y[idx]
+        train_x, _ = fashion.load_fashion_mnist("train")
+        return model, conv(kind, x), y, np.ones(len(x), bool), conv(kind, train_x[:256])
+    flags_ = getattr(__import__(f"benchmarks.zoo.{module}", fromlist=["x"]), "INPUT_FLAGS", {}).get(kind)
+    return Case(title, load, input_flags=flags_)
+
+
 CASES: Dict[str, Case] = {
     "resnet20": _cifar_case(20),
     "resnet56": _cifar_case(56),
@@ -95,6 +114,13 @@ CASES: Dict[str, Case] = {
     "vww": _mlperf_case("vww_mobilenetv1_96", "MLPerf VWW MobileNetV1 (Keras 2 .h5, [0, 1])"),
     "fashion_dw_bn": _fashion_case("dw_bn", "Fashion-MNIST depthwise+BN ([0, 1], logits)"),
     "fashion_cnn_nobn": _fashion_case("cnn_nobn", "Fashion-MNIST CNN, no BN (raw 0..255, softmax)"),
+    "res_raw_bn": _family_case("families", "res_raw_bn", "Fashion residual+BN (raw 0..255, logits)"),
+    "dense_bn_softmax": _family_case("families", "dense_bn_softmax", "Fashion dense head+BN ([0, 1], softmax)"),
+    "dw_bn_rescale": _family_case("families", "dw_bn_rescale", "Fashion depthwise+BN (Rescaling, ReLU6)"),
+    "vgg_nobn_norm": _family_case("families", "vgg_nobn_norm", "Fashion VGG, no BN (normalized input, flags)"),
+    "silu_se_bn": _family_case("families", "silu_se_bn", "Fashion SiLU+SE+BN ([-1, 1] Rescaling)"),
+    "vit": _family_case("fashion_attention", "vit", "Fashion tiny ViT (LayerNorm, attention, no BN)"),
+    "conv_attn": _family_case("fashion_attention", "conv_attn", "Fashion conv+attention (BN stem)"),
 }
 
 
@@ -146,7 +172,8 @@ def run_case(key: str, case: Case, quick: bool) -> List[Dict]:
         if cfg is None:
             data = rq.SyntheticDataset.from_images(real[:32] if quick else real)
         else:
-            data = rq.synthesize(model, cfg, progress=False)
+            spec = rq.InputSpec(**case.input_flags) if case.input_flags else None
+            data = rq.synthesize(model, cfg, input_spec=spec, progress=False)
         synth_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         tfl = rq.convert(model, data, logit_range=logit_range)

@@ -221,6 +221,7 @@ def _synthesize(prepared: PreparedModel, config: SynthesisConfig, input_spec: Op
         "mode": config.mode.value, "seed": config.seed, "config": config.to_dict(), "plan": plan.to_dict(),
         "input_space": space.to_dict(), "num_classes": info.num_classes,
         "num_bn_layers": info.num_bn, "outputs_probabilities": info.outputs_probabilities,
+        "smooth_weight": smooth_weight_for(model, config) if plan.iterations else 0.0,
         "seconds": seconds, "iterations_run": max(runs, default=0), "iterations_per_batch": runs,
         "model_name": model.name,
         "images_per_second": steady,  # image-iterations per second after compilation
@@ -279,7 +280,21 @@ def plateaued(total: np.ndarray, done: int) -> bool:
     if done % w or done < max(SynthesisConfig.MIN_ITERATIONS, 2 * w):
         return False
     prev, last = float(np.mean(total[done - 2 * w:done - w])), float(np.mean(total[done - w:done]))
-    return last > prev * (1.0 - SynthesisConfig.PLATEAU_TOL)
+    return last >= prev * (1.0 - SynthesisConfig.PLATEAU_TOL)  # >=: a loss already at 0 has plateaued
+
+
+def has_attention(model) -> bool:
+    """Whether any layer (at any depth) is a Keras attention layer."""
+    import keras
+    kinds = (keras.layers.MultiHeadAttention, keras.layers.Attention, keras.layers.AdditiveAttention)
+    return any(isinstance(l, kinds) for l in model._flatten_layers(include_self=False, recursive=True))
+
+
+def smooth_weight_for(model, config: SynthesisConfig) -> float:
+    """The smoothness prior's weight: the config's, else AUTO_SMOOTH where the model has attention layers."""
+    if config.smooth_weight is not None:
+        return float(config.smooth_weight)
+    return SynthesisConfig.AUTO_SMOOTH if has_attention(model) else 0.0
 
 
 class _Optimizer:
@@ -294,7 +309,7 @@ class _Optimizer:
         stats = {id(l): tuple(tf.constant(a) for a in bn_targets(l)) for l in bn_layers(model)}
         use_cls = config.mode == SynthesisMode.RETRO
         w_bn, w_prior, w_cls = config.bn_weight, config.prior_weight, (config.class_weight if use_cls else 0.0)
-        w_smooth = config.smooth_weight
+        w_smooth = smooth_weight_for(model, config)
         off = tf.constant(np.asarray(space.offset, np.float32))
         sc = tf.constant(np.asarray(space.scale, np.float32))
         lr, b1, b2, eps = config.learning_rate, 0.9, 0.999, 1e-8
