@@ -37,6 +37,7 @@ flags.DEFINE_bool("quick", False, "Two small models, small budgets, few images (
 flags.DEFINE_integer("eval_limit", None, "Evenly spaced subset of the evaluation images.")
 flags.DEFINE_string("name", None, "Result file name (default zoo_models, or zoo_models_quick).")
 flags.DEFINE_list("sources", None, "Subset of calibration sources by name (default: all; see SOURCES).")
+flags.DEFINE_list("combine", None, "Write --name from these result names' rows instead of running.")
 
 
 class Case:
@@ -137,9 +138,9 @@ def _sources(quick: bool):
         ("zeroq", rq.SynthesisConfig(mode="zeroq", **small), "auto"),
         ("retro", rq.SynthesisConfig(mode="retro", **small), "auto"),
         ("retro, no logit widening", rq.SynthesisConfig(mode="retro", **small), "calibrated"),
-        ("retro (before)", rq.SynthesisConfig(mode="retro", samples_per_class=1 if quick else 8,
-                                              iterations=5 if quick else 100, time_budget=None,
-                                              batch_size=10_000), "calibrated"),
+        # The previous round's defaults: an MSE towards soft targets (p = 0.9-0.99), no smoothness prior.
+        ("retro (before)", rq.SynthesisConfig(mode="retro", class_loss="mse", target_confidence=(0.9, 0.99),
+                                              smooth_weight=0.0, **small), "calibrated"),
     ]
     unknown = set(FLAGS.sources or ()) - set(SOURCES)
     if unknown:
@@ -193,34 +194,75 @@ def run_case(key: str, case: Case, quick: bool) -> List[Dict]:
     return rows
 
 
+NOTES = (
+    "W8A8 per-channel, int8 I/O. No input flags were given, except where a model states nothing about its input "
+    "(the VGG on normalized input gets --input-mean/--input-std as a user would): the input space column is what "
+    "the tool detected (preprocessing layers) or inferred (first BatchNorm's running statistics). agreement = top-1 "
+    "agreement with the float Keras model, sqnr_db = output SQNR vs float, both on every evaluation image; top1 only "
+    "where labels mean something (VWW is evaluated on resized CIFAR images). `retro (before)` is the previous "
+    "round's default objective (an MSE towards soft targets p = 0.9-0.99, no smoothness prior) with today's work "
+    "plan. synthesis_s includes compilation; the machine was shared, timings are rough. range_* = range fidelity "
+    "(benchmarks/range_fidelity.py): per activation tensor of the plainly min/max-calibrated float model, the "
+    "source's range width over real images' (1 = same scale as real data); median over tensors, worst (furthest "
+    "from 1), at the classifier's input features (the global pool where there is one) and at the logits. It "
+    "measures the data alone: no logits-range pass is applied to it, whatever the row's converter setting.")
+COLUMNS = ["model", "source", "top1", "agreement", "sqnr_db", "range_median", "range_worst", "range_features",
+           "range_logits", "images", "iterations", "synthesis_s", "convert_s", "input_space"]
+
+
+def summary(rows: List[Dict]) -> List[Dict]:
+    """One line per model: SQNR per source, retro's gap to real, whether retro >= gaussian, retro's range fidelity."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by = {r["source"]: r for r in rows if r["model"] == model}
+        if "retro" not in by or "real" not in by:
+            continue
+        retro, real, gauss = by["retro"], by["real"], by.get("gaussian")
+        out.append({"model": model, "real": real["sqnr_db"], "gaussian": gauss and gauss["sqnr_db"],
+                    "retro": retro["sqnr_db"], "retro (before)": by.get("retro (before)", {}).get("sqnr_db"),
+                    "retro - real": retro["sqnr_db"] - real["sqnr_db"],
+                    "within 1 dB": retro["sqnr_db"] >= real["sqnr_db"] - 1.0,
+                    "retro >= gaussian": None if gauss is None else retro["sqnr_db"] >= gauss["sqnr_db"],
+                    "range_logits": retro.get("range_logits"), "range_features": retro.get("range_features"),
+                    "plan": f"{retro.get('images')} x {retro.get('iterations')}",
+                    "synthesis_s": retro.get("synthesis_s"), "convert_s": retro.get("convert_s")})
+    return out
+
+
+SUMMARY_COLUMNS = ["model", "real", "gaussian", "retro", "retro (before)", "retro - real", "within 1 dB",
+                   "retro >= gaussian", "range_logits", "range_features", "plan", "synthesis_s", "convert_s"]
+
+
+def write(name: str, rows: List[Dict], started: float) -> None:
+    from benchmarks.common import markdown_table
+    summ = summary(rows)
+    within = sum(bool(r["within 1 dB"]) for r in summ)
+    above = sum(bool(r["retro >= gaussian"]) for r in summ if r["retro >= gaussian"] is not None)
+    head = (f"## Summary (output SQNR vs float, dB)\n\nretro within 1 dB of real on {within} of {len(summ)} models; "
+            f"retro >= gaussian on {above} of {sum(r['retro >= gaussian'] is not None for r in summ)}.\n\n"
+            + markdown_table(summ, SUMMARY_COLUMNS))
+    common.write_results(FLAGS.out, name, "Calibration sources on every model we have (W8A8 per-channel)", rows,
+                         COLUMNS, params={"quick": FLAGS.quick, "eval_limit": FLAGS.eval_limit,
+                                          "defaults": __import__("tflite_retroq").SynthesisConfig().to_dict()},
+                         notes=NOTES, extra_md=head, started=started, extra={"summary": summ})
+
+
 def main(argv):
     del argv
     started = time.perf_counter()
+    name = FLAGS.name or ("zoo_models_quick" if FLAGS.quick else "zoo_models")
+    if FLAGS.combine:  # one table from several runs (run in parallel to finish in time)
+        import json
+        rows = []
+        for part in FLAGS.combine:
+            rows += json.load(open(f"{FLAGS.out}/{part}.json"))["rows"]
+        write(name, rows, started)
+        return
     keys = FLAGS.models or (["ic_resnet8", "fashion_cnn_nobn"] if FLAGS.quick else list(CASES))
     rows: List[Dict] = []
     for key in keys:
         rows += run_case(key, CASES[key], FLAGS.quick)
-    notes = (
-        "W8A8 per-channel, int8 I/O. No input flags were given: the input space column is what the tool detected "
-        "(preprocessing layers) or inferred (first BatchNorm's running statistics) or assumed (no BN: N(0, 1), said "
-        "in a warning). agreement = top-1 agreement with the float Keras model, sqnr_db = output SQNR vs float, both "
-        "on every evaluation image; top1 only where labels mean something (VWW is evaluated on resized CIFAR images). "
-        "`retro (before)` is the previous default (8 images per class in one batch, 100 iterations, min/max logits), "
-        "given the same inferred input space; with no input flags the previous version assumed N(0, 1) on ResNet-8 "
-        "and gave 10.5 % top-1 (issue 10). `retro, no logit widening` isolates the logits-range pass. synthesis_s "
-        "includes compilation; the machine was shared, timings are rough. range_* = range fidelity "
-        "(benchmarks/range_fidelity.py): per activation tensor of the plainly min/max-calibrated float model, the "
-        "source's range width over real images' (1 = same scale as real data); median over tensors, worst (furthest "
-        "from 1), at the classifier's input features (the global pool where there is one) and at the logits. It "
-        "measures the data alone: no logits-range pass is applied to it, whatever the row's converter setting.")
-    common.write_results(FLAGS.out, FLAGS.name or ("zoo_models_quick" if FLAGS.quick else "zoo_models"),
-                         "Calibration sources on every model we have (W8A8 per-channel, no input flags)", rows,
-                         ["model", "source", "top1", "agreement", "sqnr_db", "range_median", "range_worst",
-                          "range_features", "range_logits", "images", "iterations", "synthesis_s", "convert_s",
-                          "input_space"],
-                         params={"quick": FLAGS.quick, "eval_limit": FLAGS.eval_limit,
-                                 "defaults": __import__("tflite_retroq").SynthesisConfig().to_dict()},
-                         notes=notes, started=started)
+        write(name, rows, started)  # after every model: a stopped run keeps what it finished
 
 
 if __name__ == "__main__":
