@@ -14,6 +14,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
+        # The digits demo and the README's Python example train on scikit-learn's 8x8 digits.
+        "demo": ["scikit-learn"],
         # DSP/NPU targets: Arm's Ethos-U compiler and the TFLite Micro runtime + LUT compression.
         "targets": ["ethos-u-vela", "tflite-micro"],
         # Qualcomm Hexagon (HTP) placement: the QNN host libraries LiteRT's Qualcomm compiler plugin links.

@@ -4,7 +4,11 @@ Every model is small (16x16x3 input, a handful of channels) so the whole suite r
 in a few minutes on two CPU cores. BatchNorm layers get explicit, non-trivial moving
 statistics and gamma/beta so folding and BN-statistics tests are not vacuous.
 """
+import contextlib
 import os
+import signal
+import threading
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -13,6 +17,45 @@ import pytest  # noqa: E402
 
 H, W, C = 16, 16, 3
 NUM_CLASSES = 4
+
+# No test may hang the suite: every test runs under a SIGALRM bound, `@pytest.mark.timeout(S)` for its
+# own, else RETROQ_TEST_TIMEOUT seconds (default an hour, far past any test on a loaded 2-core machine).
+# An endless Python loop is interrupted; a test that waits on a child process passes its own timeout.
+DEFAULT_TEST_TIMEOUT = int(os.environ.get("RETROQ_TEST_TIMEOUT", "3600"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout(seconds): fail the test when it runs longer than `seconds`")
+
+
+@contextlib.contextmanager
+def alarm_after(seconds: int, expired):
+    """Run the block under SIGALRM: `expired(signum, frame)` (which raises) fires after `seconds`. Nested
+    bounds keep the outer one: its remaining time is re-armed when the inner block ends."""
+    old = signal.signal(signal.SIGALRM, expired)
+    outer, t0 = signal.alarm(seconds), time.monotonic()
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        if outer:
+            signal.alarm(max(1, outer - int(time.monotonic() - t0)))
+
+
+@pytest.fixture(autouse=True)
+def _bounded_test(request):
+    marker = request.node.get_closest_marker("timeout")
+    seconds = int(marker.args[0]) if marker else DEFAULT_TEST_TIMEOUT
+    if seconds <= 0 or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(*_):
+        pytest.fail(f"{request.node.nodeid} ran longer than its bound of {seconds} s (a hang?)", pytrace=False)
+
+    with alarm_after(seconds, _expired):
+        yield
 
 
 def _keras():

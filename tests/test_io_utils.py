@@ -9,7 +9,6 @@ precision models get a float32 twin with the same weights.
 import contextlib
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import tflite_retroq as rq
 from tflite_retroq.errors import OutOfMemoryError, is_out_of_memory, out_of_memory_as_error
 from tflite_retroq.io_utils import check_not_inputs, check_readable, same_file, write_bytes, write_text
 
+from conftest import alarm_after
+
 
 @contextlib.contextmanager
 def umask(mask):
@@ -31,18 +32,11 @@ def umask(mask):
         os.umask(old)
 
 
-@contextlib.contextmanager
 def deadline(seconds=20):
     """Fail (instead of hanging the suite) if the block blocks, e.g. on opening a FIFO."""
     def _raise(*_):
         raise TimeoutError(f"blocked for {seconds} s")
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    return alarm_after(seconds, _raise)
 
 
 def _mode(p):

@@ -79,7 +79,8 @@ PUBLIC_API = {
     "analyze_sensitivity", "select_layers", "SensitivityResult", "LayerSensitivity", "HybridPlan", "HybridConfig",
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
     "OutOfMemoryError", "QuantizationError", "TargetError", "vela_estimate", "VelaEstimate", "tflm_run",
-    "TFLMResult", "litert_latency", "estimate_quality", "holdout_images", "QualityEstimate", "RoundingConfig",
+    "TFLMResult", "litert_latency", "LiteRTLatency", "estimate_quality", "holdout_images", "QualityEstimate",
+    "RoundingConfig",
 }
 
 

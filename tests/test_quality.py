@@ -109,3 +109,99 @@ def test_cli_prints_the_quality_line_and_reports_the_table(tmp_path, bn_model, c
     held = rq.holdout_images(bn_model, rq.SyntheticDataset.load(str(data_path)))
     again = rq.estimate_quality(out.read_bytes(), bn_model, held)
     assert again.agreement == pytest.approx(q["agreement"]) and again.sqnr_db == pytest.approx(q["sqnr_db"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- round 4 (issue 28)
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_held_out_images_never_equal_calibration_images_on_small_sets(bn_model, n):
+    """As many held-out images as calibration images, made the same way: with the calibration seed they
+    would be the very same images; their own seed stream makes every one of them new."""
+    data = rq.synthesize(bn_model, rq.SynthesisConfig(images=n, iterations=2, seed=3), progress=False)
+    held = rq.holdout_images(bn_model, data, count=n)
+    assert len(held) == n
+    flat = data.images.reshape(n, -1).astype(np.float64)
+    for x in held.reshape(n, -1):
+        assert np.min(np.max(np.abs(flat - x), axis=1)) > 1e-3
+
+
+def test_holdout_count_resolves_one_percent():
+    from tflite_retroq.quality import RESOLVING_IMAGES
+    assert RESOLVING_IMAGES == 100 and holdout_count(256) == 100 and holdout_count(10_000) == 100
+    assert holdout_count(8) == 16
+    assert "6.2-point steps" in QualityEstimate(16, 93.75, 30.0).line()
+    assert "steps)" not in QualityEstimate(100, 99.0, 30.0).line().split(",")[0]
+
+
+@pytest.fixture(scope="module")
+def io_variants(bn_model, calib_data):
+    cal = rq.calibrate(bn_model, calib_data)
+    return cal, {io: rq.convert(bn_model, calib_data, calibrated=cal, io=io) for io in ("int8", "uint8", "float")}
+
+
+def test_per_tensor_table_is_the_same_for_every_io(io_variants, held_out, bn_model):
+    """uint8 and float I/O compute what int8 I/O computes (the uint8 grid is the int8 grid shifted by 128):
+    the table must list the same tensors, the output row included, with the same errors in steps."""
+    cal, models = io_variants
+    tables = {io: rq.estimate_quality(q, bn_model, held_out, calibrated=cal).tensors for io, q in models.items()}
+    names = [t.name for t in tables["int8"]]
+    for io in ("uint8", "float"):
+        assert [t.name for t in tables[io]] == names, io
+        for a, b in zip(tables["int8"], tables[io]):
+            assert b.rmse_per_scale == pytest.approx(a.rmse_per_scale, rel=1e-5, abs=1e-6), (io, a.name)
+    assert tables["int8"][-1].op == tables["uint8"][-1].op == tables["float"][-1].op == "FULLY_CONNECTED"
+
+
+def test_output_range_and_clip_rate_match_the_interpreter(io_variants, bn_model, held_out):
+    """The probe's clip rate: images whose float logits leave [(-128 - zp) s, (127 - zp) s] of the int8
+    output, computed here from the interpreter's own output details."""
+    from ai_edge_litert.interpreter import Interpreter
+    from tflite_retroq.quality import output_range
+    _, models = io_variants
+    it = Interpreter(model_content=models["int8"])
+    s, zp = it.get_output_details()[0]["quantization"]
+    lo, hi = (-128 - zp) * s, (127 - zp) * s
+    for io in ("int8", "uint8", "float"):
+        got = output_range(models[io])
+        assert got[0] == pytest.approx(lo) and got[1] == pytest.approx(hi) and got[2] == pytest.approx(s), io
+    rng = np.random.default_rng(0)
+    loud = (held_out * 4.0).clip(0, 255) + rng.uniform(0, 64, held_out.shape).astype(np.float32)
+    q = rq.estimate_quality(models["int8"], bn_model, held_out, probes={"loud": loud, "same": held_out})
+    ref = np.asarray(bn_model(loud), np.float64)
+    want = 100.0 * np.mean(np.any((ref < lo - s / 2) | (ref > hi + s / 2), axis=1))
+    got = {p.name: p for p in q.probes}
+    assert got["loud"].clipped == pytest.approx(want) and got["loud"].num_images == len(loud)
+    assert "clip on" in q.line() and q.to_dict()["probes"][0]["name"] == "loud"
+    assert "stays hidden" in q.to_dict()["limits"]
+
+
+def test_nan_float_outputs_are_named_never_raised(bn_model, int8_bytes, held_out):
+    """A float model that outputs NaN: the estimate says so (NaN is not 'poor'), and the images where it
+    is finite still count."""
+    import keras
+    x = keras.Input(bn_model.input.shape[1:])
+    y = bn_model(x)
+    nan_all = keras.Model(x, keras.ops.log(-keras.ops.abs(y) - 1.0))
+    q = rq.estimate_quality(int8_bytes, nan_all, held_out)
+    assert np.isnan(q.agreement) and "NaN" in q.line() and not q.poor and q.warning() is None
+    first = keras.ops.sum(x, axis=(1, 2, 3), keepdims=False)[:, None]
+    some = keras.Model(x, y + keras.ops.log(first - float(np.median(held_out.sum(axis=(1, 2, 3))))))
+    q = rq.estimate_quality(int8_bytes, some, held_out)
+    assert np.isfinite(q.agreement) and "left out" in q.note and 0 < q.num_images < len(held_out)
+
+
+def test_a_failing_estimate_never_fails_the_conversion(bn_model, calib_data):
+    from tflite_retroq.quality import estimate_after_conversion
+    quality, note = estimate_after_conversion(b"not a tflite model", bn_model, calib_data, None)
+    assert quality is None and note.startswith("quality estimate skipped: ") and "\n" not in note
+
+
+def test_advice_follows_the_flags_used():
+    bad = QualityEstimate(100, 80.0, 10.0)
+    done = bad.warning({"scheme": "per-channel", "weight_bits": 8, "rounding": "nearest", "data_file": True})
+    assert "--scheme per-channel" not in done and "--input-" not in done and "--weight-bits" not in done
+    assert "--data-file" in done and "\n" not in done
+    open_ = bad.warning({"scheme": "per-tensor", "weight_bits": 4, "rounding": "nearest", "data_file": False})
+    for words in ("--scheme per-channel", "--input-range", "--weight-bits", "--rounding learned"):
+        assert words in open_
+    assert "--rounding learned" not in bad.warning({"scheme": "hybrid", "weight_bits": 4, "rounding": "learned"})

@@ -4,6 +4,7 @@ Parsed Vela fields are checked against numbers computed here from the model itse
 (weight bytes, MAC count) and against Vela's own clock (cycles / 500 MHz); TFLM
 outputs against the LiteRT interpreter on the same int8 model.
 """
+import dataclasses
 import importlib.util
 import json
 import os
@@ -152,7 +153,12 @@ def test_tflm_errors(w8):
 
 def test_litert_latency(w8, w4):
     lat = litert.litert_latency(w8, runs=5, warmup=1)
-    assert set(lat) == set(litert.RESOLVERS) and all(v > 0 for v in lat.values())
+    assert isinstance(lat, litert.LiteRTLatency) and lat.runs == 5 and lat.num_threads == 1
+    assert all(getattr(lat, f"{r}_s") > 0 for r in litert.RESOLVERS) and " us" in str(lat)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        lat.auto_s = 0.0
+    only = litert.litert_latency(w8, ("builtin",), runs=2, warmup=0)
+    assert only.builtin_s > 0 and only.auto_s is None and only.reference_s is None
     both = litert.litert_latencies({"w8": w8, "w4": w4}, ("builtin",), runs=3, warmup=0)
     assert set(both) == {"w8", "w4"} and set(both["w4"]) == {"builtin"}
     with pytest.raises(rq.ConfigError):

@@ -15,7 +15,7 @@ from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutOfMemoryError, OutputError,
                                   QuantizationError, RetroQError, TFLiteModelError)
 from tflite_retroq.errors import TargetError
-from tflite_retroq.targets.litert import litert_latency
+from tflite_retroq.targets.litert import LiteRTLatency, litert_latency
 from tflite_retroq.targets.tflm import TFLMResult, tflm_run
 from tflite_retroq.targets.vela import VelaEstimate, vela_estimate
 from tflite_retroq.evaluate import EvalResult, evaluate, run_tflite
@@ -45,7 +45,7 @@ __all__ = [
     "RetroQError", "ModelError", "InputSpecError", "DataError", "TFLiteModelError", "OutputError", "ConfigError",
     "OutOfMemoryError", "QuantizationError",
     # targets: Vela (Ethos-U), TFLite Micro, LiteRT latency
-    "TargetError", "vela_estimate", "VelaEstimate", "tflm_run", "TFLMResult", "litert_latency",
+    "TargetError", "vela_estimate", "VelaEstimate", "tflm_run", "TFLMResult", "litert_latency", "LiteRTLatency",
     # the quality estimate on held-out synthetic images
     "estimate_quality", "holdout_images", "QualityEstimate",
 ]

@@ -25,7 +25,12 @@ FLAGS = flags.FLAGS
 
 def load_digits_split(seed: int = 0):
     """sklearn digits as float32 [N, 8, 8, 1] in [0, 16]; 75 % train, 25 % held out."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        from tflite_retroq.errors import ConfigError
+        raise ConfigError("the digits demo needs scikit-learn: pip install -e \".[demo]\" (or pip install "
+                          "scikit-learn).") from None
     d = load_digits()
     x = d.images.astype(np.float32)[..., None]
     y = d.target.astype(np.int64)

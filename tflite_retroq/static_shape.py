@@ -102,6 +102,9 @@ def fixed_batches(gen_fn: Callable[[], Iterator[List[np.ndarray]]], batch_size: 
 
     A fixed-batch model accepts no other batch; a remainder smaller than the batch is dropped.
     """
+    batch_size = check_batch_size(batch_size)  # 0 would loop forever; None has no fixed batch to regroup into
+    if batch_size is None:
+        raise ConfigError("fixed_batches needs a batch size from 1 up; pass the static batch.")
     def gen():
         pending: List[np.ndarray] = []
         count = fed = 0

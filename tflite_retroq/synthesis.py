@@ -400,23 +400,35 @@ class _Optimizer:
 
 
 class _Progress:
-    """A one-line progress bar on stderr (no dependency, quiet when disabled)."""
+    """A one-line progress bar on stderr (no dependency, quiet when disabled).
+
+    The ETA is measured from the rate after WARMUP steps: the first steps include tracing and
+    compilation (a 12 s run once showed a first ETA of 498 s), so until then it reads `eta    ?`.
+    """
+    WARMUP = 3
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.t0, self.last = total, enabled, time.perf_counter(), 0.0
+        self.warm = None  # (step, time) where the rate starts being measured
         # On a terminal redraw every 0.2 s; in a log file (no \r redraw) print a line every 10 s.
         self.tty = sys.stderr.isatty()
         self.every = 0.2 if self.tty else 10.0
 
+    def eta(self, i: int, now: float) -> str:
+        if self.warm is None or i - self.warm[0] < self.WARMUP:
+            return "eta    ?"
+        return f"eta {(now - self.warm[1]) / (i - self.warm[0]) * (self.total - i):4.0f}s"
+
     def update(self, i: int, text: str) -> None:
         now = time.perf_counter()
+        if self.warm is None and i >= self.WARMUP:
+            self.warm = (i, now)
         if not self.enabled or (now - self.last < self.every and i != self.total):
             return
         self.last = now
         frac = i / max(self.total, 1)
         bar = "#" * int(frac * 20)
-        eta = (now - self.t0) / max(i, 1) * (self.total - i)
-        line = f"synthesis [{bar:<20}] {i}/{self.total} {text} eta {eta:4.0f}s"
+        line = f"synthesis [{bar:<20}] {i}/{self.total} {text} {self.eta(i, now) if i < self.total else 'eta    0s'}"
         sys.stderr.write(f"\r{line}" if self.tty else f"{line}\n")
         sys.stderr.flush()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from tflite_retroq.cli.common import check_model_file, check_outputs, load_checked_model, say, say_input_space
+from tflite_retroq.cli.common import (check_as_flags, check_model_file, check_outputs, load_checked_model, say,
+                                      say_input_space)
 from tflite_retroq.cli.flags import (DEFAULTS, INPUT_FLAGS, SYNTH_FLAGS, flag, hybrid_config, input_spec, positional,
                                      present, require_output, static_batch_flag, synthesis_config)
 from tflite_retroq.config import QuantizationConfig
@@ -30,8 +31,8 @@ def cmd_convert(args: Sequence[str]) -> int:
     qcfg = QuantizationConfig(scheme=flag("scheme"), weight_bits=bits, io=flag("io"))
     from tflite_retroq.methods.rounding import check_rounding
     from tflite_retroq.tflite.int4 import check_weight_dtype
-    check_rounding(flag("rounding"), flag("nonuniform"))  # option clashes refused before TensorFlow loads
-    check_weight_dtype(flag("weight-dtype"), bits, flag("nonuniform"), flag("pack"))
+    check_as_flags(check_rounding, flag("rounding"), flag("nonuniform"))  # clashes refused before TensorFlow loads
+    check_as_flags(check_weight_dtype, flag("weight-dtype"), bits, flag("nonuniform"), flag("pack"))
     static_batch = static_batch_flag()
     scfg = synthesis_config(flag("data") or DEFAULTS.mode.value) if data_file is None else None
     spec = input_spec()

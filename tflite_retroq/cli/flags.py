@@ -62,7 +62,8 @@ SECTIONS = (  # (the verbs a section applies to, its text)
 """),
     (("synthesize", "convert", "analyze"), """input flags (how the model input relates to pixels; default: detected from a
 Rescaling/Normalization front layer, else inferred from the first BatchNorm's running
-statistics, else N(0, 1) with a warning; the space used is printed and recorded):
+statistics, else guessed from the logits only when one pixel convention fits clearly (with a
+warning), else refused: pass one of these; the space used is printed and recorded):
   --input-mean a,b,c --input-std a,b,c   model_input = (pixel - mean) / std
   --input-range LO,HI                    the model takes raw pixels in [LO, HI]
 """),

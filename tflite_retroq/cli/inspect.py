@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from tflite_retroq.cli.common import emit, say
+from tflite_retroq.cli.common import check_tflite_file, emit, say
 from tflite_retroq.cli.flags import flag, positional, target_names, vela_options
 
 
@@ -19,7 +19,7 @@ def cmd_inspect(args: Sequence[str]) -> int:
     targets = target_names()
     options = vela_options(targets)
     from tflite_retroq.tflite.model import read_bytes
-    data = read_bytes(path)
+    data = read_bytes(check_tflite_file(path))
     from tflite_retroq.tflite.inspect import inspect_model
     info = inspect_model(data)
     from tflite_retroq.targets.estimate import estimates

@@ -1,8 +1,9 @@
 """LiteRT's three CPU kernel paths: single-threaded latency medians, interleaved for fair ratios."""
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,8 +56,34 @@ def litert_latencies(models: Mapping[str, bytes], resolvers: Sequence[str] = RES
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class LiteRTLatency:
+    """Median single-image latency of one model, in seconds, per LiteRT CPU kernel path (None: not measured).
+
+    auto: the default (XNNPACK delegate where it applies); builtin: LiteRT's builtin kernels without
+    delegates; reference: the reference kernels (slow, exact). `runs` timed invocations each, `num_threads`.
+    """
+    auto_s: Optional[float]
+    builtin_s: Optional[float]
+    reference_s: Optional[float]
+    runs: int
+    num_threads: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        parts = [f"{name} {v * 1e6:.0f} us" for name, v in (("auto", self.auto_s), ("builtin", self.builtin_s),
+                                                            ("reference", self.reference_s)) if v is not None]
+        return ", ".join(parts) + f" (median of {self.runs} runs, {self.num_threads} thread{'s' * (self.num_threads != 1)})"
+
+
 def litert_latency(model_bytes: bytes, resolvers: Sequence[str] = RESOLVERS, *, runs: int = 30, warmup: int = 3,
-                   num_threads: int = 1) -> Dict[str, float]:
-    """Median single-image latency (seconds) per LiteRT resolver, num_threads=1 by default."""
-    return litert_latencies({"model": model_bytes}, resolvers, runs=runs, warmup=warmup,
-                            num_threads=num_threads)["model"]
+                   num_threads: int = 1) -> LiteRTLatency:
+    """Median single-image latency per LiteRT resolver (a frozen LiteRTLatency, seconds), num_threads=1 by default."""
+    unknown = [r for r in resolvers if r not in RESOLVERS]
+    if unknown:
+        raise ConfigError(f"resolvers {unknown} are not LiteRT kernel paths; choose from {', '.join(RESOLVERS)}.")
+    medians = litert_latencies({"model": model_bytes}, resolvers, runs=runs, warmup=warmup,
+                               num_threads=num_threads)["model"]
+    return LiteRTLatency(medians.get("auto"), medians.get("builtin"), medians.get("reference"), runs, num_threads)

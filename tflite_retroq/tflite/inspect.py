@@ -48,8 +48,10 @@ def _io(model, sg, indices, types) -> List[dict]:
         sc = tfm.scales(t)
         q = t.quantization
         zp = list(q.zeroPoint) if q is not None and q.zeroPoint is not None else []
+        # shapeSignature keeps -1 for a dynamic batch (shape holds 1 there, which would read as a static batch)
+        sig = t.shapeSignature if t.shapeSignature is not None and len(t.shapeSignature) else t.shape
         out.append({"index": int(i), "name": tfm.tensor_name(t), "dtype": types.get(t.type, str(t.type)),
-                    "shape": [int(d) for d in (t.shape if t.shape is not None else [])],
+                    "shape": [int(d) for d in (sig if sig is not None else [])],
                     "scale": float(sc[0]) if sc.size == 1 else None,
                     "zero_point": int(zp[0]) if len(zp) == 1 else None})
     return out
