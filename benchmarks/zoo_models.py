@@ -38,6 +38,7 @@ flags.DEFINE_integer("eval_limit", None, "Evenly spaced subset of the evaluation
 flags.DEFINE_string("name", None, "Result file name (default zoo_models, or zoo_models_quick).")
 flags.DEFINE_list("sources", None, "Subset of calibration sources by name (default: all; see SOURCES).")
 flags.DEFINE_list("combine", None, "Write --name from these result names' rows instead of running.")
+flags.DEFINE_string("before_from", None, "With --combine: retro rows of this earlier result stand as 'retro (before)'.")
 
 
 class Case:
@@ -256,6 +257,11 @@ def main(argv):
         rows = []
         for part in FLAGS.combine:
             rows += json.load(open(f"{FLAGS.out}/{part}.json"))["rows"]
+        if FLAGS.before_from:  # a model run without "retro (before)": the previous round's retro row stands for it
+            have = {r["model"] for r in rows if r["source"] == "retro (before)"}
+            for r in json.load(open(f"{FLAGS.out}/{FLAGS.before_from}.json"))["rows"]:
+                if r["source"] == "retro" and r["model"] not in have and any(q["model"] == r["model"] for q in rows):
+                    rows.append(dict(r, source="retro (before)", note=f"from {FLAGS.before_from}.json"))
         write(name, rows, started)
         return
     keys = FLAGS.models or (["ic_resnet8", "fashion_cnn_nobn"] if FLAGS.quick else list(CASES))
