@@ -83,7 +83,26 @@ def cifar_block(doc: Optional[Dict] = None) -> str:
     return "\n".join(out) + "\n"
 
 
-BLOCKS: Dict[str, Callable[[], str]] = {"demo": demo_block, "cifar": cifar_block}
+def zoo_block(doc: Optional[Dict] = None) -> str:
+    """Defaults across every model (output SQNR vs float per calibration source), from zoo_models.json's summary."""
+    doc = doc if doc is not None else _load("zoo_models.json")
+    summ = doc["summary"]
+    within = sum(bool(r["within 1 dB"]) for r in summ)
+    judged = [r for r in summ if r["retro >= gaussian"] is not None]
+    above = sum(bool(r["retro >= gaussian"]) for r in judged)
+    out = [f"Retro within 1 dB of 256 real images on {within} of {len(summ)} models, at least gaussian on {above} of "
+           f"{len(judged)} (`{doc['command']}`; {doc['date'][:10]}):", "",
+           "| model | real 256 | gaussian | retro before | **retro now** | range logits / features | plan | synthesis |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in summ:
+        rng = f"{_num(r['range_logits'])} / {_num(r['range_features'])}"
+        out.append(f"| {r['model']} | {_num(r['real'], 1)} dB | {_num(r['gaussian'], 1)} | "
+                   f"{_num(r['retro (before)'], 1)} | **{_num(r['retro'], 1)}** | {rng} | {r['plan']} | "
+                   f"{_num(r['synthesis_s'], 0, ' s')} |")
+    return "\n".join(out) + "\n"
+
+
+BLOCKS: Dict[str, Callable[[], str]] = {"demo": demo_block, "cifar": cifar_block, "zoo": zoo_block}
 
 
 def render(text: str, blocks: Optional[Dict[str, Callable[[], str]]] = None) -> str:

@@ -37,14 +37,17 @@ flags.DEFINE_bool("quick", False, "Two small models, small budgets, few images (
 flags.DEFINE_integer("eval_limit", None, "Evenly spaced subset of the evaluation images.")
 flags.DEFINE_string("name", None, "Result file name (default zoo_models, or zoo_models_quick).")
 flags.DEFINE_list("sources", None, "Subset of calibration sources by name (default: all; see SOURCES).")
+flags.DEFINE_list("combine", None, "Write --name from these result names' rows instead of running.")
+flags.DEFINE_string("before_from", None, "With --combine: retro rows of this earlier result stand as 'retro (before)'.")
 
 
 class Case:
     """A model with its evaluation images, real calibration images and what the labels mean."""
 
     def __init__(self, name: str, load: Callable[[], tuple], labels_meaningful: bool = True,
-                 reference: Optional[Callable[[], bytes]] = None):
+                 reference: Optional[Callable[[], bytes]] = None, input_flags: Optional[dict] = None):
         self.name, self.load, self.labels_meaningful, self.reference = name, load, labels_meaningful, reference
+        self.input_flags = input_flags  # what a user passes as --input-mean/--input-std/--input-range, if needed
 
 
 def _cifar_case(depth: int) -> Case:
@@ -88,6 +91,24 @@ def _fashion_case(kind: str, title: str) -> Case:
     return Case(title, load)
 
 
+def _family_case(module: str, kind: str, title: str) -> Case:
+    """A Fashion-MNIST model of a family nobody tuned on (benchmarks/zoo/families.py, fashion_attention.py)."""
+    def load():
+        import importlib
+        from benchmarks.zoo import fashion
+        mod = importlib.import_module(f"benchmarks.zoo.{module}")
+        model = mod.trained_model(kind)
+        conv = getattr(mod, "to_input", lambda _k, p: p)
+        x, y = fashion.load_fashion_mnist("test")
+        if FLAGS.eval_limit and FLAGS.eval_limit < len(x):
+            idx = np.linspace(0, len(x) - 1, FLAGS.eval_limit).astype(int)
+            x, y = x[idx], y[idx]
+        train_x, _ = fashion.load_fashion_mnist("train")
+        return model, conv(kind, x), y, np.ones(len(x), bool), conv(kind, train_x[:256])
+    flags_ = getattr(__import__(f"benchmarks.zoo.{module}", fromlist=["x"]), "INPUT_FLAGS", {}).get(kind)
+    return Case(title, load, input_flags=flags_)
+
+
 CASES: Dict[str, Case] = {
     "resnet20": _cifar_case(20),
     "resnet56": _cifar_case(56),
@@ -95,6 +116,13 @@ CASES: Dict[str, Case] = {
     "vww": _mlperf_case("vww_mobilenetv1_96", "MLPerf VWW MobileNetV1 (Keras 2 .h5, [0, 1])"),
     "fashion_dw_bn": _fashion_case("dw_bn", "Fashion-MNIST depthwise+BN ([0, 1], logits)"),
     "fashion_cnn_nobn": _fashion_case("cnn_nobn", "Fashion-MNIST CNN, no BN (raw 0..255, softmax)"),
+    "res_raw_bn": _family_case("families", "res_raw_bn", "Fashion residual+BN (raw 0..255, logits)"),
+    "dense_bn_softmax": _family_case("families", "dense_bn_softmax", "Fashion dense head+BN ([0, 1], softmax)"),
+    "dw_bn_rescale": _family_case("families", "dw_bn_rescale", "Fashion depthwise+BN (Rescaling, ReLU6)"),
+    "vgg_nobn_norm": _family_case("families", "vgg_nobn_norm", "Fashion VGG, no BN (normalized input, flags)"),
+    "silu_se_bn": _family_case("families", "silu_se_bn", "Fashion SiLU+SE+BN ([-1, 1] Rescaling)"),
+    "vit": _family_case("fashion_attention", "vit", "Fashion tiny ViT (LayerNorm, attention, no BN)"),
+    "conv_attn": _family_case("fashion_attention", "conv_attn", "Fashion conv+attention (BN stem)"),
 }
 
 
@@ -111,9 +139,9 @@ def _sources(quick: bool):
         ("zeroq", rq.SynthesisConfig(mode="zeroq", **small), "auto"),
         ("retro", rq.SynthesisConfig(mode="retro", **small), "auto"),
         ("retro, no logit widening", rq.SynthesisConfig(mode="retro", **small), "calibrated"),
-        ("retro (before)", rq.SynthesisConfig(mode="retro", samples_per_class=1 if quick else 8,
-                                              iterations=5 if quick else 100, time_budget=None,
-                                              batch_size=10_000), "calibrated"),
+        # The previous round's defaults: an MSE towards soft targets (p = 0.9-0.99), no smoothness prior.
+        ("retro (before)", rq.SynthesisConfig(mode="retro", class_loss="mse", target_confidence=(0.9, 0.99),
+                                              smooth_weight=0.0, **small), "calibrated"),
     ]
     unknown = set(FLAGS.sources or ()) - set(SOURCES)
     if unknown:
@@ -146,7 +174,8 @@ def run_case(key: str, case: Case, quick: bool) -> List[Dict]:
         if cfg is None:
             data = rq.SyntheticDataset.from_images(real[:32] if quick else real)
         else:
-            data = rq.synthesize(model, cfg, progress=False)
+            spec = rq.InputSpec(**case.input_flags) if case.input_flags else None
+            data = rq.synthesize(model, cfg, input_spec=spec, progress=False)
         synth_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         tfl = rq.convert(model, data, logit_range=logit_range)
@@ -166,34 +195,80 @@ def run_case(key: str, case: Case, quick: bool) -> List[Dict]:
     return rows
 
 
+NOTES = (
+    "W8A8 per-channel, int8 I/O. No input flags were given, except where a model states nothing about its input "
+    "(the VGG on normalized input gets --input-mean/--input-std as a user would): the input space column is what "
+    "the tool detected (preprocessing layers) or inferred (first BatchNorm's running statistics). agreement = top-1 "
+    "agreement with the float Keras model, sqnr_db = output SQNR vs float, both on every evaluation image; top1 only "
+    "where labels mean something (VWW is evaluated on resized CIFAR images). `retro (before)` is the previous "
+    "round's default objective (an MSE towards soft targets p = 0.9-0.99, no smoothness prior) with today's work "
+    "plan. synthesis_s includes compilation; the machine was shared, timings are rough. range_* = range fidelity "
+    "(benchmarks/range_fidelity.py): per activation tensor of the plainly min/max-calibrated float model, the "
+    "source's range width over real images' (1 = same scale as real data); median over tensors, worst (furthest "
+    "from 1), at the classifier's input features (the global pool where there is one) and at the logits. It "
+    "measures the data alone: no logits-range pass is applied to it, whatever the row's converter setting.")
+COLUMNS = ["model", "source", "top1", "agreement", "sqnr_db", "range_median", "range_worst", "range_features",
+           "range_logits", "images", "iterations", "synthesis_s", "convert_s", "input_space"]
+
+
+def summary(rows: List[Dict]) -> List[Dict]:
+    """One line per model: SQNR per source, retro's gap to real, whether retro >= gaussian, retro's range fidelity."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by = {r["source"]: r for r in rows if r["model"] == model}
+        if "retro" not in by or "real" not in by:
+            continue
+        retro, real, gauss = by["retro"], by["real"], by.get("gaussian")
+        out.append({"model": model, "real": real["sqnr_db"], "gaussian": gauss and gauss["sqnr_db"],
+                    "retro": retro["sqnr_db"], "retro (before)": by.get("retro (before)", {}).get("sqnr_db"),
+                    "retro - real": retro["sqnr_db"] - real["sqnr_db"],
+                    "within 1 dB": retro["sqnr_db"] >= real["sqnr_db"] - 1.0,
+                    "retro >= gaussian": None if gauss is None else retro["sqnr_db"] >= gauss["sqnr_db"],
+                    "range_logits": retro.get("range_logits"), "range_features": retro.get("range_features"),
+                    "plan": f"{retro.get('images')} x {retro.get('iterations')}",
+                    "synthesis_s": retro.get("synthesis_s"), "convert_s": retro.get("convert_s")})
+    return out
+
+
+SUMMARY_COLUMNS = ["model", "real", "gaussian", "retro", "retro (before)", "retro - real", "within 1 dB",
+                   "retro >= gaussian", "range_logits", "range_features", "plan", "synthesis_s", "convert_s"]
+
+
+def write(name: str, rows: List[Dict], started: float) -> None:
+    from benchmarks.common import markdown_table
+    summ = summary(rows)
+    within = sum(bool(r["within 1 dB"]) for r in summ)
+    above = sum(bool(r["retro >= gaussian"]) for r in summ if r["retro >= gaussian"] is not None)
+    head = (f"## Summary (output SQNR vs float, dB)\n\nretro within 1 dB of real on {within} of {len(summ)} models; "
+            f"retro >= gaussian on {above} of {sum(r['retro >= gaussian'] is not None for r in summ)}.\n\n"
+            + markdown_table(summ, SUMMARY_COLUMNS))
+    common.write_results(FLAGS.out, name, "Calibration sources on every model we have (W8A8 per-channel)", rows,
+                         COLUMNS, params={"quick": FLAGS.quick, "eval_limit": FLAGS.eval_limit,
+                                          "defaults": __import__("tflite_retroq").SynthesisConfig().to_dict()},
+                         notes=NOTES, extra_md=head, started=started, extra={"summary": summ})
+
+
 def main(argv):
     del argv
     started = time.perf_counter()
+    name = FLAGS.name or ("zoo_models_quick" if FLAGS.quick else "zoo_models")
+    if FLAGS.combine:  # one table from several runs (run in parallel to finish in time)
+        import json
+        rows = []
+        for part in FLAGS.combine:
+            rows += json.load(open(f"{FLAGS.out}/{part}.json"))["rows"]
+        if FLAGS.before_from:  # a model run without "retro (before)": the previous round's retro row stands for it
+            have = {r["model"] for r in rows if r["source"] == "retro (before)"}
+            for r in json.load(open(f"{FLAGS.out}/{FLAGS.before_from}.json"))["rows"]:
+                if r["source"] == "retro" and r["model"] not in have and any(q["model"] == r["model"] for q in rows):
+                    rows.append(dict(r, source="retro (before)", note=f"from {FLAGS.before_from}.json"))
+        write(name, rows, started)
+        return
     keys = FLAGS.models or (["ic_resnet8", "fashion_cnn_nobn"] if FLAGS.quick else list(CASES))
     rows: List[Dict] = []
     for key in keys:
         rows += run_case(key, CASES[key], FLAGS.quick)
-    notes = (
-        "W8A8 per-channel, int8 I/O. No input flags were given: the input space column is what the tool detected "
-        "(preprocessing layers) or inferred (first BatchNorm's running statistics) or assumed (no BN: N(0, 1), said "
-        "in a warning). agreement = top-1 agreement with the float Keras model, sqnr_db = output SQNR vs float, both "
-        "on every evaluation image; top1 only where labels mean something (VWW is evaluated on resized CIFAR images). "
-        "`retro (before)` is the previous default (8 images per class in one batch, 100 iterations, min/max logits), "
-        "given the same inferred input space; with no input flags the previous version assumed N(0, 1) on ResNet-8 "
-        "and gave 10.5 % top-1 (issue 10). `retro, no logit widening` isolates the logits-range pass. synthesis_s "
-        "includes compilation; the machine was shared, timings are rough. range_* = range fidelity "
-        "(benchmarks/range_fidelity.py): per activation tensor of the plainly min/max-calibrated float model, the "
-        "source's range width over real images' (1 = same scale as real data); median over tensors, worst (furthest "
-        "from 1), at the classifier's input features (the global pool where there is one) and at the logits. It "
-        "measures the data alone: no logits-range pass is applied to it, whatever the row's converter setting.")
-    common.write_results(FLAGS.out, FLAGS.name or ("zoo_models_quick" if FLAGS.quick else "zoo_models"),
-                         "Calibration sources on every model we have (W8A8 per-channel, no input flags)", rows,
-                         ["model", "source", "top1", "agreement", "sqnr_db", "range_median", "range_worst",
-                          "range_features", "range_logits", "images", "iterations", "synthesis_s", "convert_s",
-                          "input_space"],
-                         params={"quick": FLAGS.quick, "eval_limit": FLAGS.eval_limit,
-                                 "defaults": __import__("tflite_retroq").SynthesisConfig().to_dict()},
-                         notes=notes, started=started)
+        write(name, rows, started)  # after every model: a stopped run keeps what it finished
 
 
 if __name__ == "__main__":

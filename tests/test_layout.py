@@ -73,7 +73,7 @@ def test_layout_check_catches_an_upward_import(tmp_path):
 
 
 PUBLIC_API = {
-    "synthesize", "convert", "calibrate", "quantize_calibrated", "float_tflite", "representative_dataset",
+    "synthesize", "convert", "RetroQConverter", "calibrate", "quantize_calibrated", "float_tflite", "representative_dataset",
     "evaluate", "run_tflite", "EvalResult", "fold_batchnorm", "load_model", "SyntheticDataset",
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
     "analyze_sensitivity", "select_layers", "SensitivityResult", "LayerSensitivity", "HybridPlan", "HybridConfig",

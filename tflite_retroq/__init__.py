@@ -6,10 +6,11 @@ Public API (everything else is internal and may change):
     tflite_bytes = convert(model, data, scheme="per-channel", weight_bits=8)
     result = evaluate(tflite_bytes, images, labels, reference=model)
 
-`data.representative_dataset()` plugs into a TFLiteConverter you configured yourself.
+Your own TFLiteConverter: `rq.RetroQConverter(converter, data, **convert_options).convert()` runs it
+and then every pass `convert` applies (the same model); `rq.representative_dataset(data)` is the bare hook.
 """
 from tflite_retroq.config import InputSpec, IOType, QuantizationConfig, Scheme, SynthesisConfig, SynthesisMode
-from tflite_retroq.converter import calibrate, convert, float_tflite, quantize_calibrated
+from tflite_retroq.converter import RetroQConverter, calibrate, convert, float_tflite, quantize_calibrated
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import (ConfigError, DataError, InputSpecError, ModelError, OutOfMemoryError, OutputError,
                                   QuantizationError, RetroQError, TFLiteModelError)
@@ -36,7 +37,7 @@ def representative_dataset(data: SyntheticDataset, batch_size: int = 1):
 __version__ = "0.1.0"
 
 __all__ = [
-    "synthesize", "convert", "calibrate", "quantize_calibrated", "float_tflite", "representative_dataset",
+    "synthesize", "convert", "RetroQConverter", "calibrate", "quantize_calibrated", "float_tflite", "representative_dataset",
     "evaluate", "run_tflite", "EvalResult", "fold_batchnorm", "load_model", "SyntheticDataset",
     "SynthesisConfig", "SynthesisMode", "QuantizationConfig", "Scheme", "IOType", "InputSpec",
     "RoundingConfig",

@@ -99,10 +99,15 @@ class SynthesisConfig:
     bn_weight: float = 1.0
     prior_weight: float = 1.0
     class_weight: float = 1.0
-    class_loss: str = "mse"
-    # As confident as a trained classifier on its training data: softer targets (0.6-0.95) give unconfident
-    # images whose pooled features and logits span half real data's range (benchmarks/results/zoo_models.md).
-    target_confidence: Tuple[float, float] = (0.9, 0.99)
+    # Smoothness prior (total variation of the normalized image); None: on (AUTO_SMOOTH) for models with attention
+    # layers, off otherwise (synthesis.smooth_weight_for).
+    smooth_weight: Optional[float] = None
+    # As confident as a trained classifier on its training images: the loss it was trained with (cross-entropy on
+    # its class, one-hot targets), held back by the BatchNorm statistics where it has them. Softer targets
+    # (an MSE towards p = 0.9-0.99) left the logits at 0.3-0.8x the real range and ResNet-20 below plain noise
+    # (benchmarks/results/zoo_models.md, "before").
+    class_loss: str = "ce"
+    target_confidence: Tuple[float, float] = (1.0, 1.0)
     seed: int = 0
 
     DEFAULT_IMAGES: ClassVar[int] = 256
@@ -113,6 +118,15 @@ class SynthesisConfig:
     # not a clock: ResNet-20 (82 MFLOP) gets 96 images x 20 iterations, a 25 MFLOP ResNet-8 256 x 30.
     WORK_FLOPS: ClassVar[int] = 200_000_000_000
     MAX_AUTO_BATCH: ClassVar[int] = 128
+    # Default iterations stop on a plateau of the loss (synthesis.plateaued): every PLATEAU_WINDOW iterations,
+    # once the last window's mean loss improves on the previous one's by less than PLATEAU_TOL.
+    # Attention compares image patches with each other; on noise-like patches its ranges are unlike real ones
+    # (PSAQ-ViT's observation). A smoothness prior of this weight brought a tiny ViT from 12.1 to 16.8 dB and a
+    # conv+attention model from 19.8 to 28.3 dB (real images: 16.7, 20.4); it cost a BN-free VGG 12 dB at 1.0,
+    # so it stays off where there is no attention (benchmarks/results/zoo_models.md).
+    AUTO_SMOOTH: ClassVar[float] = 0.3
+    PLATEAU_WINDOW: ClassVar[int] = 10
+    PLATEAU_TOL: ClassVar[float] = 0.02
 
     def __post_init__(self):
         object.__setattr__(self, "mode", _enum(SynthesisMode, self.mode, "mode"))
@@ -131,8 +145,10 @@ class SynthesisConfig:
             if not math.isfinite(tb) or tb <= 0:
                 raise ConfigError(f"time_budget={self.time_budget!r} must be a positive number of seconds or None.")
             object.__setattr__(self, "time_budget", tb)
-        for name in ("learning_rate", "bn_weight", "prior_weight", "class_weight"):
+        for name in ("learning_rate", "bn_weight", "prior_weight", "class_weight", "smooth_weight"):
             v = getattr(self, name)
+            if v is None and name == "smooth_weight":
+                continue
             try:
                 fv = float(v)
             except (TypeError, ValueError):
@@ -147,8 +163,8 @@ class SynthesisConfig:
             lo, hi = (float(x) for x in self.target_confidence)
         except (TypeError, ValueError):
             raise ConfigError(f"target_confidence={self.target_confidence!r} must be two numbers LO, HI.") from None
-        if not 0.5 < lo <= hi < 1.0:
-            raise ConfigError(f"target_confidence={self.target_confidence!r} must satisfy 0.5 < LO <= HI < 1.")
+        if not 0.5 < lo <= hi <= 1.0:
+            raise ConfigError(f"target_confidence={self.target_confidence!r} must satisfy 0.5 < LO <= HI <= 1.")
         object.__setattr__(self, "target_confidence", (lo, hi))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed={self.seed!r} must be an integer.")

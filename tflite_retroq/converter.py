@@ -60,7 +60,7 @@ LOGIT_RANGE_MODES = ("auto", "reachable", "calibrated")
 
 
 def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", return_info: bool = False,
-              batch_size: Optional[int] = None):
+              batch_size: Optional[int] = None, converter=None):
     """Float .tflite with BN folded and activation min/max recorded from `data`.
 
     `logit_range`: "reachable" widens the logits' range to what the classifier can reach over
@@ -69,6 +69,8 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     "auto" widens for gaussian and zeroq data only (retro data needs nothing beyond plain
     calibration, so the converter hook gives the same model). With return_info, returns (bytes, LogitRange|None).
     `batch_size` fixes the batch dimension (static-shape export, see static_shape.py).
+    `converter`: the user's own TFLiteConverter for this model (RetroQConverter), run in calibrate-only
+    mode instead of a fresh one; a fresh one is made where the model needs a rewrite or a fixed batch.
     """
     import tensorflow as tf
     from tflite_retroq.static_shape import check_batch_size, fixed_batch_model, fixed_batches, fold_batch_reshapes
@@ -78,11 +80,16 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
     batch_size = check_batch_size(batch_size)
     prepared = prepare(model)  # a PreparedModel (from convert) passes through: no reload, no revalidation
     info = prepared.info
-    model = int8_friendly(prepared.model)  # LayerNormalization without NEG, which has no int8 kernel (model/rewrite.py)
+    # LayerNormalization without NEG, which has no int8 kernel (model/rewrite.py)
+    friendly = int8_friendly(prepared.model)
     gen = _as_generator(data, info.input_shape)
     if batch_size is not None:
-        model, gen = fixed_batch_model(model, batch_size), fixed_batches(gen, batch_size)
-    conv = _keras_converter(model)
+        friendly, gen = fixed_batch_model(friendly, batch_size), fixed_batches(gen, batch_size)
+    # The user's own converter runs where it converts exactly this model; else a fresh one (same result)
+    own = (converter is not None and friendly is prepared.model
+           and getattr(converter, "_keras_model", None) is friendly)
+    conv = converter if own else _keras_converter(friendly)
+    saved = {k: getattr(conv, k, None) for k in _CALIBRATION_SETTINGS}
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = gen
     conv._experimental_calibrate_only = True
@@ -97,6 +104,10 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
                                    "images.") from None
         raise RetroQError(f"TFLite calibration failed ({type(e).__name__}: {_converter_reason(e)}); "
                           "the model may use an operator TFLite cannot convert.") from None
+    finally:
+        if own:  # the user's converter is theirs again, as they configured it
+            for k, v in saved.items():
+                setattr(conv, k, v)
     if batch_size is None:  # dynamic batch without SHAPE/STRIDED_SLICE/PACK around Flatten (NPU-friendly)
         calibrated = fold_batch_reshapes(calibrated)
     # Retro data carries real-like ranges by itself (confident targets: benchmarks/results/zoo_models.md), so it
@@ -108,6 +119,9 @@ def calibrate(model, data: RepresentativeData, *, logit_range: str = "auto", ret
         images = data.images if isinstance(data, SyntheticDataset) else _images_of(data, info.input_shape)
         calibrated, widened = widen_logit_range(calibrated, images)
     return (calibrated, widened) if return_info else calibrated
+
+
+_CALIBRATION_SETTINGS = ("optimizations", "representative_dataset", "_experimental_calibrate_only")
 
 
 def _images_of(data: RepresentativeData, input_shape) -> np.ndarray:
@@ -259,3 +273,70 @@ def float_tflite(model, *, batch_size: Optional[int] = None) -> bytes:
     with _quiet():
         out = bytes(conv.convert())
     return fold_batch_reshapes(out) if batch_size is None else out
+
+
+class RetroQConverter:
+    """The plugin form of the converter hook: the user's own TFLiteConverter, then every pass `convert` applies.
+
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        ...                                    # the user's own settings
+        converter = rq.RetroQConverter(converter, data, weight_bits=4)   # the one new line
+        tflite_bytes = converter.convert()     # the model rq.convert(model, data, weight_bits=4) writes
+
+    `convert()` runs the user's converter in calibrate-only mode on `data` (then restores its
+    settings) and hands the calibrated model to `convert`, so every data mode, scheme and option
+    gives exactly what `rq.convert` gives. Options are `convert`'s keyword arguments. Where an option
+    is not given, the converter's own `inference_input_type` (int8, uint8 or float32) sets `io` and
+    `_experimental_disable_per_channel` sets `scheme='per-tensor'`. `model` is needed only for a
+    converter not made by `from_keras_model`. Other attributes read and write through to the wrapped
+    converter, so code that configures it after wrapping keeps working.
+    """
+
+    def __init__(self, converter, data: RepresentativeData, *, model=None, **options):
+        import inspect
+        allowed = [p.name for p in inspect.signature(convert).parameters.values()
+                   if p.kind == p.KEYWORD_ONLY and p.name != "calibrated"]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError(f"RetroQConverter got unknown option{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(unknown)}; it takes rq.convert's options: {', '.join(allowed)}.")
+        if not hasattr(converter, "convert") or not hasattr(converter, "representative_dataset"):
+            raise ConfigError(f"RetroQConverter wraps a tf.lite.TFLiteConverter, got {type(converter).__name__}; "
+                              "make one with tf.lite.TFLiteConverter.from_keras_model(model).")
+        object.__setattr__(self, "_converter", converter)
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_options", dict(options))
+
+    def __getattr__(self, name):
+        return getattr(object.__getattribute__(self, "_converter"), name)
+
+    def __setattr__(self, name, value):
+        setattr(self._converter, name, value)
+
+    def options(self) -> dict:
+        """The `convert` options this wrapper applies (the converter's own I/O and per-channel settings filled in)."""
+        import tensorflow as tf
+        opts = dict(self._options)
+        if "io" not in opts:
+            io_of = {tf.int8: "int8", tf.uint8: "uint8", tf.float32: "float", None: "int8"}
+            io = io_of.get(getattr(self._converter, "inference_input_type", None))
+            if io is None:
+                raise ConfigError(f"The converter's inference_input_type "
+                                  f"{getattr(self._converter, 'inference_input_type', None)!r} has no full-integer "
+                                  "equivalent; set it to tf.int8, tf.uint8 or tf.float32, or pass io=.")
+            opts["io"] = io
+        if "scheme" not in opts and getattr(self._converter, "_experimental_disable_per_channel", False):
+            opts["scheme"] = "per-tensor"
+        return opts
+
+    def convert(self) -> bytes:
+        model = self._model if self._model is not None else getattr(self._converter, "_keras_model", None)
+        if model is None:
+            raise ConfigError("This converter was not made by TFLiteConverter.from_keras_model, so the Keras model "
+                              "is unknown; pass it: RetroQConverter(converter, data, model=model).")
+        opts = self.options()
+        model = prepare(model)  # once for both stages
+        calibrated = calibrate(model, self._data, logit_range=opts.get("logit_range", "auto"),
+                               batch_size=opts.get("batch_size"), converter=self._converter)
+        return convert(model, self._data, calibrated=calibrated, **opts)

@@ -175,7 +175,13 @@ def _made_like(data: SyntheticDataset, stream: int, **changes) -> Tuple[Synthesi
     mode = meta.get("mode") if meta.get("mode") in ("retro", "zeroq", "gaussian") else "retro"
     seed = int(cfg.get("seed", 0)) if isinstance(cfg, dict) and isinstance(cfg.get("seed", 0), int) else 0
     iterations = meta.get("iterations_run") if isinstance(meta.get("iterations_run"), int) else None
-    kw = dict({"mode": mode, "seed": _stream_seed(seed, stream)}, **changes)
+    # the recorded recipe (objective, weights, priors), with this stream's seed and the caller's changes
+    recipe = {k: v for k, v in cfg.items() if k in ("learning_rate", "bn_weight", "prior_weight", "class_weight",
+                                                     "smooth_weight", "class_loss", "target_confidence")
+              } if isinstance(cfg, dict) else {}
+    if "target_confidence" in recipe:
+        recipe["target_confidence"] = tuple(recipe["target_confidence"])
+    kw = dict(recipe, **dict({"mode": mode, "seed": _stream_seed(seed, stream)}, **changes))
     if iterations and kw["mode"] != "gaussian":  # a retro probe of gaussian data gets the planned iterations
         kw.setdefault("iterations", iterations)
     space = meta.get("input_space")
@@ -201,15 +207,16 @@ def holdout_images(model, data: SyntheticDataset, count: Optional[int] = None) -
 
 def probe_images(model, data: SyntheticDataset, count: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Images made unlike `data`, to see what held-out images made like it cannot: gaussian noise in the
-    input space (no optimization), and images synthesized towards the most confident targets the config
-    allows (0.999-0.9999, cross-entropy class loss, which keeps pushing where MSE saturates)."""
+    input space (no optimization), and images pushed towards their class by the class loss alone (one-hot
+    cross-entropy without the BatchNorm term that holds the calibration images back): as confident as the
+    classifier allows, so they reach logits the calibration images may not."""
     data = _calibration_set(data)
     count = holdout_count(len(data)) if count is None else check_count(count, "count")
     prepared = prepare(model)
     out = {}  # gaussian images cost nothing to make; a quarter as many confident ones bound the extra synthesis
     for name, n, changes in (("gaussian", count, {"mode": "gaussian"}),
-                             ("confident", max(16, count // 4), {"mode": "retro", "target_confidence": (0.999, 0.9999),
-                                                                 "class_loss": "ce"})):
+                             ("confident", max(16, count // 4), {"mode": "retro", "target_confidence": (1.0, 1.0),
+                                                                 "class_loss": "ce", "bn_weight": 0.0})):
         config, spec = _made_like(data, _PROBE_STREAM, images=n, **changes)
         out[name] = synthesize(prepared, config, input_spec=spec, progress=False).images
     return out

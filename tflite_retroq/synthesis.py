@@ -199,7 +199,7 @@ def _synthesize(prepared: PreparedModel, config: SynthesisConfig, input_spec: Op
     if plan.iterations == 0:
         rng = np.random.default_rng(config.seed)
         labels = spread_labels(plan.images, info.num_classes, rng, config.samples_per_class)
-        z_all, _ = _run_batches(None, config, plan, labels, info, rng, (zlo, zhi), history, False)
+        z_all, _, runs = _run_batches(None, config, plan, labels, info, rng, (zlo, zhi), history, False)
     else:
         with bn_taps(model) as taps:
             opt = _Optimizer(model, taps, space, config, info.outputs_probabilities, (zlo, zhi))
@@ -211,7 +211,8 @@ def _synthesize(prepared: PreparedModel, config: SynthesisConfig, input_spec: Op
                                           spent=time.perf_counter() - t0)
                 rng = np.random.default_rng(config.seed)
                 labels = spread_labels(plan.images, info.num_classes, rng, config.samples_per_class)
-                z_all, steady = _run_batches(opt, config, plan, labels, info, rng, (zlo, zhi), history, progress)
+                z_all, steady, runs = _run_batches(opt, config, plan, labels, info, rng, (zlo, zhi), history,
+                                                   progress)
             except Exception as e:
                 raise _resource_error(e, plan.batch_size) from None
     seconds = time.perf_counter() - t0
@@ -220,7 +221,9 @@ def _synthesize(prepared: PreparedModel, config: SynthesisConfig, input_spec: Op
         "mode": config.mode.value, "seed": config.seed, "config": config.to_dict(), "plan": plan.to_dict(),
         "input_space": space.to_dict(), "num_classes": info.num_classes,
         "num_bn_layers": info.num_bn, "outputs_probabilities": info.outputs_probabilities,
-        "seconds": seconds, "iterations_run": plan.iterations, "model_name": model.name,
+        "smooth_weight": smooth_weight_for(model, config) if plan.iterations else 0.0,
+        "seconds": seconds, "iterations_run": max(runs, default=0), "iterations_per_batch": runs,
+        "model_name": model.name,
         "images_per_second": steady,  # image-iterations per second after compilation
     }
     return SyntheticDataset(images=images, labels=labels, metadata=meta, loss_history=history)
@@ -240,6 +243,7 @@ def _run_batches(opt: Optional["_Optimizer"], config: SynthesisConfig, plan: Pla
     bar = _Progress(plan.batches * plan.iterations, enabled=progress)
     sums = np.zeros((plan.iterations, 4), np.float64)
     steady_time, steady_work = 0.0, 0
+    runs: List[int] = []  # iterations each batch ran
     for b in range(plan.batches):
         sl = slice(b * plan.batch_size, min(plan.images, (b + 1) * plan.batch_size))
         z0 = _initial(rng, sl.stop - sl.start, info.input_shape, *bounds)
@@ -253,15 +257,44 @@ def _run_batches(opt: Optional["_Optimizer"], config: SynthesisConfig, plan: Pla
                        f"batch {_b + 1}/{plan.batches} loss {losses[0]:.4f} (bn {losses[1]:.4f} "
                        f"prior {losses[2]:.4f} class {losses[3]:.4f})")
 
-        z, losses, t_steady, w_steady = opt.run(z0, tg, plan.iterations, on_step)
+        stop = None if config.iterations is not None else plateaued
+        z, losses, t_steady, w_steady = opt.run(z0, tg, plan.iterations, on_step, stop)
         z_all[sl] = z
+        runs.append(len(losses))
+        if len(losses) < plan.iterations:  # stopped on a plateau: its last losses stand for the rest
+            losses = np.concatenate([losses, np.repeat(losses[-1:], plan.iterations - len(losses), 0)])
         sums += losses * (sl.stop - sl.start)
         steady_time, steady_work = steady_time + t_steady, steady_work + w_steady
     bar.close()
     mean = sums / plan.images
     for k, key in enumerate(("total", "bn", "prior", "class")):
         history[key] = [float(x) for x in mean[:, k]]
-    return z_all, (steady_work / steady_time if steady_time > 0 else None)
+    return z_all, (steady_work / steady_time if steady_time > 0 else None), runs
+
+
+def plateaued(total: np.ndarray, done: int) -> bool:
+    """Stop rule on the loss values alone (no clock): after `done` iterations, the mean total loss of the
+    last window improved on the window before by less than PLATEAU_TOL (checked every window, never
+    before MIN_ITERATIONS). Same values, same decision, on any machine under any load."""
+    w = SynthesisConfig.PLATEAU_WINDOW
+    if done % w or done < max(SynthesisConfig.MIN_ITERATIONS, 2 * w):
+        return False
+    prev, last = float(np.mean(total[done - 2 * w:done - w])), float(np.mean(total[done - w:done]))
+    return last >= prev * (1.0 - SynthesisConfig.PLATEAU_TOL)  # >=: a loss already at 0 has plateaued
+
+
+def has_attention(model) -> bool:
+    """Whether any layer (at any depth) is a Keras attention layer."""
+    import keras
+    kinds = (keras.layers.MultiHeadAttention, keras.layers.Attention, keras.layers.AdditiveAttention)
+    return any(isinstance(l, kinds) for l in model._flatten_layers(include_self=False, recursive=True))
+
+
+def smooth_weight_for(model, config: SynthesisConfig) -> float:
+    """The smoothness prior's weight: the config's, else AUTO_SMOOTH where the model has attention layers."""
+    if config.smooth_weight is not None:
+        return float(config.smooth_weight)
+    return SynthesisConfig.AUTO_SMOOTH if has_attention(model) else 0.0
 
 
 class _Optimizer:
@@ -276,6 +309,7 @@ class _Optimizer:
         stats = {id(l): tuple(tf.constant(a) for a in bn_targets(l)) for l in bn_layers(model)}
         use_cls = config.mode == SynthesisMode.RETRO
         w_bn, w_prior, w_cls = config.bn_weight, config.prior_weight, (config.class_weight if use_cls else 0.0)
+        w_smooth = smooth_weight_for(model, config)
         off = tf.constant(np.asarray(space.offset, np.float32))
         sc = tf.constant(np.asarray(space.scale, np.float32))
         lr, b1, b2, eps = config.learning_rate, 0.9, 0.999, 1e-8
@@ -298,33 +332,38 @@ class _Optimizer:
             mu_z = tf.reduce_mean(zz, axis=[0, 1, 2])
             sd_z = tf.sqrt(tf.reduce_mean(tf.square(zz - mu_z), axis=[0, 1, 2]) + 1e-8)
             prior = tf.reduce_mean(tf.square(mu_z)) + tf.reduce_mean(tf.square(sd_z - 1.0))
+            # Natural images are smooth: neighbouring pixels differ far less than white noise's (DeepInversion's
+            # total-variation prior); on by default only where no BatchNorm statistics constrain the images.
+            smooth = (tf.reduce_mean(tf.square(zz[:, 1:] - zz[:, :-1]))
+                      + tf.reduce_mean(tf.square(zz[:, :, 1:] - zz[:, :, :-1]))) if w_smooth else tf.constant(0.0)
             if ce:
                 logp = tf.math.log(tf.clip_by_value(out, 1e-12, 1.0)) if probs_out else tf.nn.log_softmax(out, -1)
                 cls = -tf.reduce_mean(tf.reduce_sum(tgt * logp, axis=-1))
             else:
                 p = out if probs_out else tf.nn.softmax(out, axis=-1)
                 cls = tf.reduce_mean(tf.square(p - tgt))
-            return bn, prior, cls
+            return bn, prior, cls, smooth
 
         # XLA: ~1.7x faster fwd+bwd on CPU (measured on ResNet-20); never through a SavedModel's restored graph
         @tf.function(jit_compile=compiles_with_xla(model))
         def step(z, m, v, t, tgt):
             with tf.GradientTape() as tape:
                 tape.watch(z)
-                bn, prior, cls = loss_terms(z, tgt)
-                total = w_bn * bn + w_prior * prior + w_cls * cls
+                bn, prior, cls, smooth = loss_terms(z, tgt)
+                total = w_bn * bn + w_prior * prior + w_cls * cls + w_smooth * smooth
             g = tape.gradient(total, z)
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * tf.square(g)
             z = z - lr * (m / (1 - tf.pow(b1, t))) / (tf.sqrt(v / (1 - tf.pow(b2, t))) + eps)
             if lo is not None:
                 z = tf.clip_by_value(z, lo, hi)
-            return z, m, v, tf.stack([total, bn, prior, cls])
+            return z, m, v, tf.stack([total, bn, prior + smooth, cls])
 
         self.step = step
 
-    def run(self, z0: np.ndarray, targets: np.ndarray, iterations: int, on_step=None):
-        """(z, losses [iterations, 4], steady seconds, steady image-iterations) for one batch."""
+    def run(self, z0: np.ndarray, targets: np.ndarray, iterations: int, on_step=None, stop=None):
+        """(z, losses [iterations run, 4], steady seconds, steady image-iterations) for one batch; `stop(total
+        losses, iterations done)` ends it early (synthesis.plateaued)."""
         tf = self.tf
         z = tf.constant(z0)
         m, v = tf.zeros_like(z), tf.zeros_like(z)
@@ -346,6 +385,9 @@ class _Optimizer:
             self.compiled.add(n)
             if on_step is not None:
                 on_step(i, losses[i])
+            if stop is not None and stop(losses[:i + 1, 0], i + 1):
+                losses = losses[:i + 1]
+                break
         return z.numpy(), losses, t_steady, w_steady
 
     def measure_rate(self, batch: int, shape, num_classes: int, steps: int = 3) -> float:
