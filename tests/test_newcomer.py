@@ -50,10 +50,10 @@ def test_inspect_shows_a_dynamic_batch_as_minus_one(int8_bytes):
 def test_first_eta_waits_for_a_measured_rate(monkeypatch, capsys):
     """Step 1 takes 10 s (compilation), later steps 0.1 s: no ETA is shown until the rate is measured past
     the compiling steps, and then it is the true remaining time."""
-    from tflite_retroq import synthesis
+    from tflite_retroq import io_utils
     clock = iter([0.0] + [10.0 + 0.1 * k for k in range(200)])
-    monkeypatch.setattr(synthesis.time, "perf_counter", lambda: next(clock))
-    bar = synthesis._Progress(100, enabled=True)
+    monkeypatch.setattr(io_utils.time, "perf_counter", lambda: next(clock))
+    bar = io_utils.ProgressBar("synthesis", 100, enabled=True)
     bar.every = 0.0
     for i in range(1, 11):
         bar.update(i, "loss 1")

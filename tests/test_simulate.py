@@ -1,4 +1,4 @@
-"""quant/simulate.py against the LiteRT interpreter: every op, fed the interpreter's own inputs, gives the
+"""methods/simulate.py against the LiteRT interpreter: every op, fed the interpreter's own inputs, gives the
 interpreter's output to within one quantization step of that output (fixed-point vs float requantization)."""
 import numpy as np
 import pytest
@@ -30,7 +30,7 @@ def residual_int8():
 @pytest.mark.parametrize("which", ["bn", "residual"])
 def test_each_op_within_one_step_of_the_interpreter(which, residual_int8, int8_bytes, calib_data):
     from tflite_retroq.methods.rounding import capture
-    from tflite_retroq.quant.simulate import Int8Graph, supported
+    from tflite_retroq.methods.simulate import Int8Graph, supported
     data, images = (int8_bytes, calib_data.images[:16]) if which == "bn" else residual_int8
     m = tfm.read(data)
     assert supported(m)
@@ -56,7 +56,7 @@ def test_each_op_within_one_step_of_the_interpreter(which, residual_int8, int8_b
 
 def test_invalidate_recomputes_downstream_only(int8_bytes, calib_data):
     """After a weight change, values from before the op are kept; the op's output follows the new weights."""
-    from tflite_retroq.quant.simulate import Int8Graph
+    from tflite_retroq.methods.simulate import Int8Graph
     m = tfm.read(int8_bytes)
     sg = m.subgraphs[0]
     wops = list(tfm.weight_ops(m))

@@ -32,6 +32,7 @@ from tflite_retroq.model.input_space import InputSpace
 from tflite_retroq.model.prepared import prepare
 from tflite_retroq.synthesis import synthesize
 from tflite_retroq.tflite import model as tfm
+from tflite_retroq.tflite.inspect import output_range
 
 # Below these the conversion is called poor (one warning line): a tenth of a percent of the decisions
 # changing is normal int8 noise; five percent is not. 15 dB: the output error is 3 % of its power.
@@ -168,6 +169,10 @@ def _stream_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+_RECIPE = ("learning_rate", "bn_weight", "prior_weight", "class_weight", "smooth_weight", "class_loss",
+           "target_confidence")
+
+
 def _made_like(data: SyntheticDataset, stream: int, **changes) -> Tuple[SynthesisConfig, object]:
     """A SynthesisConfig like the one that made `data` (mode, iterations, input space), on its own seed stream."""
     meta = data.metadata
@@ -175,12 +180,7 @@ def _made_like(data: SyntheticDataset, stream: int, **changes) -> Tuple[Synthesi
     mode = meta.get("mode") if meta.get("mode") in ("retro", "zeroq", "gaussian") else "retro"
     seed = int(cfg.get("seed", 0)) if isinstance(cfg, dict) and isinstance(cfg.get("seed", 0), int) else 0
     iterations = meta.get("iterations_run") if isinstance(meta.get("iterations_run"), int) else None
-    # the recorded recipe (objective, weights, priors), with this stream's seed and the caller's changes
-    recipe = {k: v for k, v in cfg.items() if k in ("learning_rate", "bn_weight", "prior_weight", "class_weight",
-                                                     "smooth_weight", "class_loss", "target_confidence")
-              } if isinstance(cfg, dict) else {}
-    if "target_confidence" in recipe:
-        recipe["target_confidence"] = tuple(recipe["target_confidence"])
+    recipe = {k: cfg[k] for k in _RECIPE if k in cfg} if isinstance(cfg, dict) else {}  # objective, weights, priors
     kw = dict(recipe, **dict({"mode": mode, "seed": _stream_seed(seed, stream)}, **changes))
     if iterations and kw["mode"] != "gaussian":  # a retro probe of gaussian data gets the planned iterations
         kw.setdefault("iterations", iterations)
@@ -220,25 +220,6 @@ def probe_images(model, data: SyntheticDataset, count: Optional[int] = None) -> 
         config, spec = _made_like(data, _PROBE_STREAM, images=n, **changes)
         out[name] = synthesize(prepared, config, input_spec=spec, progress=False).images
     return out
-
-
-def output_range(quantized: bytes) -> Optional[Tuple[float, float, float]]:
-    """(lowest, highest, scale) the int8 model's output can represent, in real units (through a final
-    DEQUANTIZE for float I/O, the uint8 grid for uint8 I/O); None when the output is not quantized."""
-    m = tfm.read(quantized)
-    sg = m.subgraphs[0]
-    index = sg.outputs[0]
-    for op in sg.operators:
-        if index in op.outputs and sg.tensors[index].type not in (3, 9) and tfm.op_name(m, op) == "DEQUANTIZE":
-            index = op.inputs[0]
-    t = sg.tensors[index]
-    sc = tfm.scales(t)
-    if t.type not in (3, 9) or sc.size != 1:
-        return None
-    zp = t.quantization.zeroPoint
-    zp = int(zp[0]) if zp is not None and len(zp) else 0
-    qmin, qmax = (0, 255) if t.type == 3 else (-128, 127)
-    return (qmin - zp) * float(sc[0]), (qmax - zp) * float(sc[0]), float(sc[0])
 
 
 def clip_rate(reference_out: np.ndarray, bounds: Tuple[float, float, float]) -> float:

@@ -9,7 +9,6 @@ it on a GPU when it sees one.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 import warnings
 from typing import Dict, List, Optional
@@ -19,8 +18,9 @@ import numpy as np
 from tflite_retroq.config import InputSpec, SynthesisConfig, SynthesisMode
 from tflite_retroq.dataset import SyntheticDataset
 from tflite_retroq.errors import ConfigError, OutOfMemoryError, is_out_of_memory, one_line
-from tflite_retroq.io_utils import library_quiet
+from tflite_retroq.io_utils import ProgressBar, library_quiet
 from tflite_retroq.model.batchnorm import bn_layers, bn_targets, bn_taps
+from tflite_retroq.model.validation import has_attention
 from tflite_retroq.model.input_space import InputSpace
 from tflite_retroq.model.prepared import PreparedModel, prepare
 from tflite_retroq.model.saved_model import compiles_with_xla
@@ -240,7 +240,7 @@ def _run_batches(opt: Optional["_Optimizer"], config: SynthesisConfig, plan: Pla
     image-weighted mean over batches per iteration. Same draws in every mode: batch by batch, the
     initial images then the targets."""
     z_all = np.empty((plan.images,) + tuple(info.input_shape), np.float32)
-    bar = _Progress(plan.batches * plan.iterations, enabled=progress)
+    bar = ProgressBar("synthesis", plan.batches * plan.iterations, enabled=progress)
     sums = np.zeros((plan.iterations, 4), np.float64)
     steady_time, steady_work = 0.0, 0
     runs: List[int] = []  # iterations each batch ran
@@ -281,13 +281,6 @@ def plateaued(total: np.ndarray, done: int) -> bool:
         return False
     prev, last = float(np.mean(total[done - 2 * w:done - w])), float(np.mean(total[done - w:done]))
     return last >= prev * (1.0 - SynthesisConfig.PLATEAU_TOL)  # >=: a loss already at 0 has plateaued
-
-
-def has_attention(model) -> bool:
-    """Whether any layer (at any depth) is a Keras attention layer."""
-    import keras
-    kinds = (keras.layers.MultiHeadAttention, keras.layers.Attention, keras.layers.AdditiveAttention)
-    return any(isinstance(l, kinds) for l in model._flatten_layers(include_self=False, recursive=True))
 
 
 def smooth_weight_for(model, config: SynthesisConfig) -> float:
@@ -397,41 +390,3 @@ class _Optimizer:
         tg = make_targets(rng.integers(0, num_classes, batch), num_classes, rng, self.config.target_confidence)
         _, _, t, w = self.run(z0, tg, 1 + steps)
         return w / t if t > 0 else float("inf")
-
-
-class _Progress:
-    """A one-line progress bar on stderr (no dependency, quiet when disabled).
-
-    The ETA is measured from the rate after WARMUP steps: the first steps include tracing and
-    compilation (a 12 s run once showed a first ETA of 498 s), so until then it reads `eta    ?`.
-    """
-    WARMUP = 3
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.t0, self.last = total, enabled, time.perf_counter(), 0.0
-        self.warm = None  # (step, time) where the rate starts being measured
-        # On a terminal redraw every 0.2 s; in a log file (no \r redraw) print a line every 10 s.
-        self.tty = sys.stderr.isatty()
-        self.every = 0.2 if self.tty else 10.0
-
-    def eta(self, i: int, now: float) -> str:
-        if self.warm is None or i - self.warm[0] < self.WARMUP:
-            return "eta    ?"
-        return f"eta {(now - self.warm[1]) / (i - self.warm[0]) * (self.total - i):4.0f}s"
-
-    def update(self, i: int, text: str) -> None:
-        now = time.perf_counter()
-        if self.warm is None and i >= self.WARMUP:
-            self.warm = (i, now)
-        if not self.enabled or (now - self.last < self.every and i != self.total):
-            return
-        self.last = now
-        frac = i / max(self.total, 1)
-        bar = "#" * int(frac * 20)
-        line = f"synthesis [{bar:<20}] {i}/{self.total} {text} {self.eta(i, now) if i < self.total else 'eta    0s'}"
-        sys.stderr.write(f"\r{line}" if self.tty else f"{line}\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")

@@ -5,7 +5,7 @@ the rest of the network reads; errors that cancel inside the block cost nothing,
 up for another. A block is the span of ops between two single-tensor cuts of the graph (a point
 where exactly one activation tensor is alive: a residual block from its fork to its ADD); chains of
 plain ops are one-op blocks and stay layer by layer. Inside a block the int8 graph is simulated with
-straight-through re-quantization (quant/simulate.py), every weight op on its own grid.
+straight-through re-quantization (methods/simulate.py), every weight op on its own grid.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def optimize_block(qm, block: Block, x: np.ndarray, y: np.ndarray, roundings: Li
     so the simulated block output on input `x` reconstructs `y` (float targets, clipped)."""
     import tensorflow as tf
     from tflite_retroq.methods.reconstruct import run_adam
-    from tflite_retroq.quant.simulate import Int8Graph
+    from tflite_retroq.methods.simulate import Int8Graph
     xs, ys = tf.constant(x), tf.constant(y)
     def reconstruction(idx):
         override = {}

@@ -162,17 +162,14 @@ def layer_costs(model, images: np.ndarray, calibrated: bytes, quantized: bytes, 
     from tflite_retroq.methods.hybrid import match_layers
     from tflite_retroq.methods.sensitivity import (KIND_OF_LAYER, _Executor, _run_quantized, analyzable_layers,
                                                    fake_quantize, kl_sum)
-    from tflite_retroq.model.batchnorm import fold_batchnorm
-    from tflite_retroq.model.loading import as_model
-    from tflite_retroq.model.validation import validate_classifier
+    from tflite_retroq.model.prepared import prepare
     from tflite_retroq.tflite import model as tfm
     from tflite_retroq.tflite.weight_bits import matched_ops
-    model = as_model(model)
-    info = validate_classifier(model)
-    folded = fold_batchnorm(model) if info.num_bn else model
+    prepared = prepare(model)  # a PreparedModel passes through: not reloaded, revalidated or refolded
+    model, info, folded = prepared.model, prepared.info, prepared.folded()
     qmodel, cal = tfm.read(quantized), tfm.read(calibrated)
     op_of = {f.output_name: w for w, f in matched_ops(qmodel, cal)}
-    names = match_layers(model, calibrated)  # Keras layer -> calibrated op output name
+    names = match_layers(prepared, calibrated)  # Keras layer -> calibrated op output name
     layers, ops, variants = [], [], []
     for layer in analyzable_layers(folded):
         wop = op_of.get(names.get(layer.name, ""))
@@ -337,8 +334,8 @@ def _images(data) -> np.ndarray:
 def budget_convert(model, data, quantized: bytes, calibrated: bytes, size_budget, pack, rounding: str,
                    rounding_config, progress: bool, return_plan: bool):
     """convert()'s size-budget branch: measure, plan, write (the held-out check: reports.pareto.holdout_check)."""
-    from tflite_retroq.model.loading import as_model
-    model = as_model(model)
+    from tflite_retroq.model.prepared import prepare
+    model = prepare(model)
     storage = "lut" if pack == "lut" else "int4"
     out, twin, plan = plan_budget(model, _images(data), quantized, calibrated, size_budget, storage,
                                   rounding=rounding, rounding_config=rounding_config, progress=progress)

@@ -5,7 +5,7 @@ model keeps its grid (its scale, per-channel or per-tensor, at the asked bits) b
 rounding up or down, and its bias shifts, to reconstruct the float model's output of that layer
 (methods/reconstruct.py). The float side is the calibrated model (BN already folded, the exact float
 weights the converter quantized); the quantized side is the int8 model itself, simulated in TensorFlow
-at its own scales (quant/simulate.py: each op within one quantization step of the LiteRT kernels;
+at its own scales (methods/simulate.py: each op within one quantization step of the LiteRT kernels;
 the interpreter where an op is outside the simulation), so the reconstruction sees the activation
 quantization as the converter applied it, and every later layer sees the rounding already chosen
 for the earlier ones (only ops downstream of a changed layer are recomputed). A layer whose learned
@@ -30,7 +30,7 @@ import numpy as np
 
 from tflite_retroq.errors import ConfigError, DataError
 from tflite_retroq.methods.reconstruct import LayerOp, layer_error, optimize_layer
-from tflite_retroq.quant.simulate import Int8Graph, supported as simulate_supported
+from tflite_retroq.methods.simulate import Int8Graph, supported as simulate_supported
 from tflite_retroq.quant.uniform import BIAS_MAX
 from tflite_retroq.tflite import model as tfm
 from tflite_retroq.tflite.weight_bits import channel_dim, float_weights, input_scale, matched_ops, write_op

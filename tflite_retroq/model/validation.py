@@ -102,3 +102,10 @@ def _outputs_probabilities(model, hwc) -> bool:
                          "they have no gradient to synthesize from and no int8 kernel. Pass the model without "
                          "its final argmax / one-hot step (ending in logits or softmax).")
     return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-4))
+
+
+def has_attention(model) -> bool:
+    """Whether any layer (at any depth) is a Keras attention layer."""
+    import keras
+    kinds = (keras.layers.MultiHeadAttention, keras.layers.Attention, keras.layers.AdditiveAttention)
+    return any(isinstance(l, kinds) for l in model._flatten_layers(include_self=False, recursive=True))

@@ -16,7 +16,8 @@ FILES = ("pareto.json", "pareto.md", "pareto.png")
 def holdout_check(model, twin: bytes, images: np.ndarray) -> Dict:
     """Agreement (top-1 match) and mean KL of the int8 twin against the float model on held-out images."""
     from tflite_retroq.evaluate import keras_outputs, mean_kl, run_tflite
-    ref = keras_outputs(model, images)
+    from tflite_retroq.model.prepared import keras_model
+    ref = keras_outputs(keras_model(model), images)
     out = run_tflite(twin, images)
     return {"images": int(len(images)), "agreement": float(np.mean(ref.argmax(1) == out.argmax(1))),
             "mean_kl": float(mean_kl(ref, out))}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -183,3 +183,22 @@ def _weight_tables(data: bytes) -> dict:
     """LUT packing: runtime note, per weight tensor distinct values and table size (tflite.pack)."""
     from tflite_retroq.tflite.pack import weight_tables
     return weight_tables(data)
+
+
+def output_range(quantized: bytes) -> Optional[Tuple[float, float, float]]:
+    """(lowest, highest, scale) the int8 model's output can represent, in real units (through a final
+    DEQUANTIZE for float I/O, the uint8 grid for uint8 I/O); None when the output is not quantized."""
+    m = tfm.read(quantized)
+    sg = m.subgraphs[0]
+    index = sg.outputs[0]
+    for op in sg.operators:
+        if index in op.outputs and sg.tensors[index].type not in (3, 9) and tfm.op_name(m, op) == "DEQUANTIZE":
+            index = op.inputs[0]
+    t = sg.tensors[index]
+    sc = tfm.scales(t)
+    if t.type not in (3, 9) or sc.size != 1:
+        return None
+    zp = t.quantization.zeroPoint
+    zp = int(zp[0]) if zp is not None and len(zp) else 0
+    qmin, qmax = (0, 255) if t.type == 3 else (-128, 127)
+    return (qmin - zp) * float(sc[0]), (qmax - zp) * float(sc[0]), float(sc[0])
