@@ -7,22 +7,7 @@ import tflite_retroq as rq
 from tflite_retroq.evaluate import run_tflite
 
 from conftest import C, H, W
-
-
-def _tensors(model_bytes: bytes):
-    """Every tensor's (type, shape, scales, zero points, constant data) by name, and the operator list."""
-    from tflite_retroq.tflite import model as tfm
-    m = tfm.read(model_bytes)
-    sg = m.subgraphs[0]
-    out = {}
-    for i, t in enumerate(sg.tensors):
-        q = t.quantization
-        data = tfm.tensor_array(m, sg, i)
-        out[tfm.tensor_name(t)] = (int(t.type), tuple(t.shape),
-                                   tuple(q.scale) if q is not None and q.scale is not None else (),
-                                   tuple(q.zeroPoint) if q is not None and q.zeroPoint is not None else (),
-                                   None if data is None else data.tobytes())
-    return out, [tfm.op_name(m, op) for op in sg.operators]
+from test_determinism import _tensors  # every tensor's type, shape, scales, zero points, data; the ops
 
 
 def _user_converter(model, io="int8"):
