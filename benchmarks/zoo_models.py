@@ -111,6 +111,8 @@ def _family_case(module: str, kind: str, title: str) -> Case:
 
 CASES: Dict[str, Case] = {
     "resnet20": _cifar_case(20),
+    "resnet32": _cifar_case(32),
+    "resnet44": _cifar_case(44),
     "resnet56": _cifar_case(56),
     "ic_resnet8": _mlperf_case("ic_resnet8", "MLPerf IC ResNet-8 (raw 0..255, softmax)"),
     "vww": _mlperf_case("vww_mobilenetv1_96", "MLPerf VWW MobileNetV1 (Keras 2 .h5, [0, 1])"),
@@ -255,8 +257,10 @@ def main(argv):
     if FLAGS.combine:  # one table from several runs (run in parallel to finish in time)
         import json
         rows = []
-        for part in FLAGS.combine:
-            rows += json.load(open(f"{FLAGS.out}/{part}.json"))["rows"]
+        for part in FLAGS.combine:  # a (model, source) row already taken from an earlier part is not repeated
+            seen = {(r["model"], r["source"]) for r in rows}
+            rows += [r for r in json.load(open(f"{FLAGS.out}/{part}.json"))["rows"]
+                     if (r["model"], r["source"]) not in seen]
         if FLAGS.before_from:  # a model run without "retro (before)": the previous round's retro row stands for it
             have = {r["model"] for r in rows if r["source"] == "retro (before)"}
             for r in json.load(open(f"{FLAGS.out}/{FLAGS.before_from}.json"))["rows"]:

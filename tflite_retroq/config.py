@@ -118,13 +118,13 @@ class SynthesisConfig:
     # not a clock: ResNet-20 (82 MFLOP) gets 96 images x 20 iterations, a 25 MFLOP ResNet-8 256 x 30.
     WORK_FLOPS: ClassVar[int] = 200_000_000_000
     MAX_AUTO_BATCH: ClassVar[int] = 128
-    # Default iterations stop on a plateau of the loss (synthesis.plateaued): every PLATEAU_WINDOW iterations,
-    # once the last window's mean loss improves on the previous one's by less than PLATEAU_TOL.
     # Attention compares image patches with each other; on noise-like patches its ranges are unlike real ones
     # (PSAQ-ViT's observation). A smoothness prior of this weight brought a tiny ViT from 12.1 to 16.8 dB and a
     # conv+attention model from 19.8 to 28.3 dB (real images: 16.7, 20.4); it cost a BN-free VGG 12 dB at 1.0,
     # so it stays off where there is no attention (benchmarks/results/zoo_models.md).
     AUTO_SMOOTH: ClassVar[float] = 0.3
+    # Default iterations stop on a plateau of the loss (synthesis.plateaued): every PLATEAU_WINDOW iterations,
+    # once the last window's mean loss improves on the previous one's by less than PLATEAU_TOL.
     PLATEAU_WINDOW: ClassVar[int] = 10
     PLATEAU_TOL: ClassVar[float] = 0.02
 

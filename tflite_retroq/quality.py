@@ -13,7 +13,7 @@ never equal a calibration image, at any size.
 What it cannot see: held-out images made like the calibration images share their blind spot. A range
 that both miss (real images are more confident: their logits reach further) stays hidden, so the
 numbers can look better than on real data. Probes made differently (gaussian noise in the input space,
-and images synthesized towards more confident targets) show how often the float outputs leave the
+and images pushed by the class loss without the BatchNorm term) show how often the float outputs leave the
 int8 output range: a high clip rate there is what the held-out numbers cannot reveal.
 """
 from __future__ import annotations

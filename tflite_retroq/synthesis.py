@@ -192,6 +192,7 @@ def _synthesize(prepared: PreparedModel, config: SynthesisConfig, input_spec: Op
                 progress: bool) -> SyntheticDataset:
     model, info, space = prepared.model, prepared.info, prepared.input_space(input_spec)
     plan = plan_synthesis(model, config, info.num_classes, info.input_shape)
+    w_smooth = smooth_weight_for(model, config) if plan.iterations else 0.0
     zlo, zhi = space.z_bounds()
     t0 = time.perf_counter()
     history: Dict[str, List[float]] = {"total": [], "bn": [], "prior": [], "class": []}
@@ -202,7 +203,7 @@ def _synthesize(prepared: PreparedModel, config: SynthesisConfig, input_spec: Op
         z_all, _, runs = _run_batches(None, config, plan, labels, info, rng, (zlo, zhi), history, False)
     else:
         with bn_taps(model) as taps:
-            opt = _Optimizer(model, taps, space, config, info.outputs_probabilities, (zlo, zhi))
+            opt = _Optimizer(model, taps, space, config, info.outputs_probabilities, (zlo, zhi), w_smooth)
             try:
                 if config.time_budget is not None and (config.images is None and config.samples_per_class is None
                                                        or config.iterations is None):
@@ -221,7 +222,7 @@ def _synthesize(prepared: PreparedModel, config: SynthesisConfig, input_spec: Op
         "mode": config.mode.value, "seed": config.seed, "config": config.to_dict(), "plan": plan.to_dict(),
         "input_space": space.to_dict(), "num_classes": info.num_classes,
         "num_bn_layers": info.num_bn, "outputs_probabilities": info.outputs_probabilities,
-        "smooth_weight": smooth_weight_for(model, config) if plan.iterations else 0.0,
+        "smooth_weight": w_smooth,
         "seconds": seconds, "iterations_run": max(runs, default=0), "iterations_per_batch": runs,
         "model_name": model.name,
         "images_per_second": steady,  # image-iterations per second after compilation
@@ -244,6 +245,7 @@ def _run_batches(opt: Optional["_Optimizer"], config: SynthesisConfig, plan: Pla
     sums = np.zeros((plan.iterations, 4), np.float64)
     steady_time, steady_work = 0.0, 0
     runs: List[int] = []  # iterations each batch ran
+    stop = None if config.iterations is not None else plateaued  # explicit iterations always run in full
     for b in range(plan.batches):
         sl = slice(b * plan.batch_size, min(plan.images, (b + 1) * plan.batch_size))
         z0 = _initial(rng, sl.stop - sl.start, info.input_shape, *bounds)
@@ -257,7 +259,6 @@ def _run_batches(opt: Optional["_Optimizer"], config: SynthesisConfig, plan: Pla
                        f"batch {_b + 1}/{plan.batches} loss {losses[0]:.4f} (bn {losses[1]:.4f} "
                        f"prior {losses[2]:.4f} class {losses[3]:.4f})")
 
-        stop = None if config.iterations is not None else plateaued
         z, losses, t_steady, w_steady = opt.run(z0, tg, plan.iterations, on_step, stop)
         z_all[sl] = z
         runs.append(len(losses))
@@ -296,13 +297,13 @@ class _Optimizer:
     One XLA-compiled step per batch shape; the BatchNorm taps must stay open while it traces.
     """
 
-    def __init__(self, model, taps, space: InputSpace, config: SynthesisConfig, probs_out: bool, bounds):
+    def __init__(self, model, taps, space: InputSpace, config: SynthesisConfig, probs_out: bool, bounds,
+                 w_smooth: float):
         import tensorflow as tf
         self.tf, self.config, self.compiled = tf, config, set()
         stats = {id(l): tuple(tf.constant(a) for a in bn_targets(l)) for l in bn_layers(model)}
         use_cls = config.mode == SynthesisMode.RETRO
         w_bn, w_prior, w_cls = config.bn_weight, config.prior_weight, (config.class_weight if use_cls else 0.0)
-        w_smooth = smooth_weight_for(model, config)
         off = tf.constant(np.asarray(space.offset, np.float32))
         sc = tf.constant(np.asarray(space.scale, np.float32))
         lr, b1, b2, eps = config.learning_rate, 0.9, 0.999, 1e-8
@@ -326,7 +327,7 @@ class _Optimizer:
             sd_z = tf.sqrt(tf.reduce_mean(tf.square(zz - mu_z), axis=[0, 1, 2]) + 1e-8)
             prior = tf.reduce_mean(tf.square(mu_z)) + tf.reduce_mean(tf.square(sd_z - 1.0))
             # Natural images are smooth: neighbouring pixels differ far less than white noise's (DeepInversion's
-            # total-variation prior); on by default only where no BatchNorm statistics constrain the images.
+            # total-variation prior); on by default only for models with attention (smooth_weight_for).
             smooth = (tf.reduce_mean(tf.square(zz[:, 1:] - zz[:, :-1]))
                       + tf.reduce_mean(tf.square(zz[:, :, 1:] - zz[:, :, :-1]))) if w_smooth else tf.constant(0.0)
             if ce:

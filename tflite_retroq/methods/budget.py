@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from tflite_retroq.errors import ConfigError, DataError
+from tflite_retroq.errors import ConfigError
 from tflite_retroq.methods.knapsack import solve_knapsack
 
 WIDTHS = (8, 6, 4)
@@ -321,23 +321,15 @@ def check_budget_options(size_budget, return_plan: bool, scheme, weight_bits: in
         raise ConfigError("size_budget keeps one scheme for all layers; use scheme='per-channel' or 'per-tensor'.")
 
 
-def _images(data) -> np.ndarray:
-    from tflite_retroq.dataset import SyntheticDataset
-    if isinstance(data, SyntheticDataset):
-        return data.images
-    if isinstance(data, np.ndarray) and data.ndim == 4 and len(data):
-        return np.asarray(data, np.float32)
-    raise DataError("size_budget measures each layer's cost on images: pass a SyntheticDataset or an "
-                    "[N, H, W, C] array as data.")
-
-
 def budget_convert(model, data, quantized: bytes, calibrated: bytes, size_budget, pack, rounding: str,
                    rounding_config, progress: bool, return_plan: bool):
     """convert()'s size-budget branch: measure, plan, write (the held-out check: reports.pareto.holdout_check)."""
     from tflite_retroq.model.prepared import prepare
     model = prepare(model)
     storage = "lut" if pack == "lut" else "int4"
-    out, twin, plan = plan_budget(model, _images(data), quantized, calibrated, size_budget, storage,
+    from tflite_retroq.methods.sensitivity import _images
+    images = _images(data, "size_budget (each layer's cost)")[0]
+    out, twin, plan = plan_budget(model, images, quantized, calibrated, size_budget, storage,
                                   rounding=rounding, rounding_config=rounding_config, progress=progress)
     return (out, dataclasses.replace(plan, twin=twin)) if return_plan else out
 

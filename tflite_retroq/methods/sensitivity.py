@@ -168,7 +168,8 @@ def kl_sum(reference: np.ndarray, test: np.ndarray, probabilities: bool) -> floa
     return float(np.sum(np.exp(lp) * (lp - lq)))
 
 
-def _images(data) -> Tuple[np.ndarray, str]:
+def _images(data, who: str = "Sensitivity analysis") -> Tuple[np.ndarray, str]:
+    """(images, data mode) of a SyntheticDataset or a checked [N, H, W, C] array; `who` names the caller."""
     if isinstance(data, SyntheticDataset):
         return data.images, data.mode
     if isinstance(data, np.ndarray):
@@ -177,8 +178,7 @@ def _images(data) -> Tuple[np.ndarray, str]:
         if not np.all(np.isfinite(data)):
             raise DataError("images contain NaN or inf.")
         return np.asarray(data, np.float32), "array"
-    raise DataError(f"Sensitivity analysis needs images (a SyntheticDataset or an [N, H, W, C] array), "
-                    f"got {type(data).__name__}.")
+    raise DataError(f"{who} needs images (a SyntheticDataset or an [N, H, W, C] array), got {type(data).__name__}.")
 
 
 def analyze_sensitivity(model, data: Union[SyntheticDataset, np.ndarray], *, weight_bits: int = 8,
